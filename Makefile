@@ -1,0 +1,29 @@
+# The two commands of the README: `make fleet` runs a local fleet, `make test` runs every check.
+# Both create the virtualenv (.venv) and install bot into it on first use.
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: fleet test lint bench
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(INSTALLED)
+
+fleet: $(INSTALLED)
+	$(BIN)/bot up
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check bot config tasks tests bench
+	$(BIN)/ruff format --check bot config tasks tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(INSTALLED)
+	@for script in bench/*_bench.py; do $(BIN)/python $$script || exit 1; done

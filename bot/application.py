@@ -1,0 +1,92 @@
+"""The Celery application: `BotApp`, built from Settings, with every registered op as a task.
+
+`bot.app` (what `celery -A bot` finds) is `create_app(load_settings())`. Tests and embedders
+build their own with `create_app(settings)`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+from celery import Celery, signals
+
+from bot.discovery import discover_ops
+from bot.execution import ENQUEUED_AT_HEADER, OpTask, reject_unknown_op, run_op
+from bot.jobs import JobStore, now_ms
+from bot.keys import Keys
+from bot.ops import REGISTRY, OpSpec
+from bot.redis_client import connect
+from config.celery_config import celery_config
+from config.logging_setup import configure_logging
+from config.settings import Settings
+
+
+class BotApp(Celery):
+    """A Celery app that also knows bot's settings, keys and (per process) Redis client."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__("bot", **kwargs)
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.conf.update(celery_config(settings))
+        self._redis: redis.Redis | None = None
+        self._store: JobStore | None = None
+        self._pid = 0
+
+    def redis(self) -> redis.Redis:
+        """This process's client for bot's own keys (a forked pool child makes its own)."""
+        if self._redis is None or self._pid != os.getpid():
+            self._redis = connect(self.settings)
+            self._store = None
+            self._pid = os.getpid()
+        return self._redis
+
+    def job_store(self) -> JobStore:
+        client = self.redis()
+        if self._store is None:
+            self._store = JobStore(client, self.keys)
+        return self._store
+
+
+def register_op(app: BotApp, spec: OpSpec) -> None:
+    app.task(
+        name=spec.task_name,
+        base=OpTask,
+        bind=True,
+        op_spec=spec,
+        max_retries=spec.max_retries,
+        queue=spec.queue,
+        shared=False,
+    )(run_op)
+
+
+def create_app(settings: Settings, *, fleet: bool = True, **kwargs: Any) -> BotApp:
+    """A configured app with every discovered op registered (and the fleet step installed)."""
+    discover_ops(settings.ops_modules)
+    app = BotApp(settings, **kwargs)
+    for spec in REGISTRY:
+        register_op(app, spec)
+    _connect_signals(settings)
+    if fleet:
+        from bot.fleet import install_fleet
+
+        install_fleet(app)
+    return app
+
+
+def _connect_signals(settings: Settings) -> None:
+    def setup_logging(**_: Any) -> None:
+        configure_logging(settings)
+
+    # dispatch_uid: an app built twice in one process (tests, embedders) connects each once.
+    signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid="bot.setup_logging")
+    signals.before_task_publish.connect(stamp_enqueued_at, dispatch_uid="bot.stamp_enqueued_at")
+    signals.task_unknown.connect(reject_unknown_op, dispatch_uid="bot.reject_unknown_op")
+
+
+def stamp_enqueued_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Stamp every published job with its enqueue time; the report carries it."""
+    if headers is not None and str(headers.get("task", "")).startswith("ops."):
+        headers.setdefault(ENQUEUED_AT_HEADER, now_ms())

@@ -1,0 +1,123 @@
+"""One attempt at running a job: what it acquired, and how it records its outcome.
+
+The attempt owns the write side of the job lifecycle: `finish()` builds the report and calls
+the fenced complete script; `record_retrying()` hands the job back between retries. A Redis
+outage at that moment is waited out here (the message stays unacked meanwhile), so no outcome
+is acked before it is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from bot.backoff import full_jitter
+from bot.errors import PayloadRejected
+from bot.jobs import Acquired, Delivery, Outcome, now_ms
+from bot.reports import Report, ReportError, ReportWorker, ms_to_datetime
+from bot.runtime import RUNTIME
+
+if TYPE_CHECKING:
+    from bot.application import BotApp
+
+logger = logging.getLogger(__name__)
+
+
+def error_of(exc: BaseException) -> ReportError:
+    details = exc.errors if isinstance(exc, PayloadRejected) else []
+    return ReportError(type=type(exc).__name__, message=str(exc), details=details)
+
+
+@dataclass
+class Attempt:
+    app: BotApp
+    delivery: Delivery
+    acquired: Acquired
+    owner: str
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    @property
+    def job_id(self) -> str:
+        return self.delivery.job_id
+
+    def report(self, status: str, result: Any, error: ReportError | None) -> Report:
+        finished = now_ms()
+        return Report(
+            job_id=self.job_id,
+            op=self.delivery.op,
+            status=status,
+            result=result,
+            error=error,
+            attempts=self.acquired.attempts,
+            recoveries=self.acquired.recoveries,
+            worker=ReportWorker(
+                bot_id=RUNTIME.bot_id, instance_id=RUNTIME.instance_id, hostname=RUNTIME.hostname
+            ),
+            enqueued_at=ms_to_datetime(self.acquired.enqueued_at_ms),
+            started_at=ms_to_datetime(self.acquired.started_at_ms),
+            finished_at=ms_to_datetime(finished),
+            duration_ms=int((time.monotonic() - self.started_monotonic) * 1000),
+        )
+
+    def finish(
+        self, status: str, *, result: Any = None, error: BaseException | None = None
+    ) -> bool:
+        """Record a final outcome and its report. False when the lease was lost."""
+        report = self.report(status, result, error_of(error) if error else None)
+        detail = (
+            {"result": result} if report.error is None else {"error": report.error.model_dump()}
+        )
+        entry = self._record(self._outcome(status, detail, report.model_dump_json()))
+        if entry is None:
+            logger.warning("job %s: lease lost, outcome %s discarded", self.job_id, status)
+            return False
+        logger.debug("job %s %s (report %s)", self.job_id, status, entry)
+        return True
+
+    def record_retrying(self, exc: BaseException, countdown_s: float) -> bool:
+        detail = {"error": error_of(exc).model_dump(), "retry_in_s": round(countdown_s, 3)}
+        return self._record(self._outcome("retrying", detail, "")) is not None
+
+    def _outcome(self, state: str, detail: dict[str, Any], report_json: str) -> Outcome:
+        duration_s = time.monotonic() - self.started_monotonic
+        return Outcome(state, detail, report_json, self.delivery.op, duration_s)
+
+    def _record(self, outcome: Outcome) -> str | None:
+        """Record the outcome. Across a Redis outage the outcome is held in this process's
+        memory (counted as `outcomes_held` in the worker record; at most one per pool process,
+        which waits) and tried again with backoff until Redis answers; the message stays unacked
+        meanwhile. There is no giving up: a job abandoned here would stay `running` under this
+        live worker and never be recovered. If the outage outlasts the lease, the reaper hands
+        the job to another worker and this outcome, once Redis is back, is refused (lease_lost):
+        at-least-once execution, exactly-once report."""
+        settings = self.app.settings
+        store = self.app.job_store()
+        failures = 0
+        try:
+            while True:
+                try:
+                    return store.complete(
+                        self.job_id, self.owner, self.acquired.fence, outcome, settings.job_ttl
+                    )
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    if failures == 0:
+                        RUNTIME.counters.held(+1)
+                    delay = full_jitter(
+                        failures, settings.retry_base_delay, settings.retry_max_delay
+                    )
+                    failures += 1
+                    logger.warning(
+                        "job %s: cannot record %s (%s); holding it, retrying in %.1fs",
+                        self.job_id,
+                        outcome.state,
+                        exc,
+                        delay,
+                    )
+                    time.sleep(delay)
+        finally:
+            if failures:
+                RUNTIME.counters.held(-1)

@@ -1,0 +1,31 @@
+"""The `bot` command line. One module per concern registers its commands on `main`:
+jobs (submit, status, ops), fleet (fleet, health), outbox, up (run a local fleet)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+#: Exit codes (a supervisor or script can tell them apart).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job ended failed/rejected/dead, or what was checked is unhealthy
+EXIT_USAGE = 2  # bad input or configuration: nothing was done
+EXIT_TIMEOUT = 3
+
+_COMMAND_MODULES = ("jobs", "fleet", "outbox", "up")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """bot: run jobs reliably on a fleet of Celery workers."""
+
+
+def _register_commands() -> None:
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(f"bot.cli.{name}")
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register_commands()

@@ -1,0 +1,101 @@
+"""`bot fleet` (who is in the fleet, in what state) and `bot health` (a probe's exit code)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+import redis
+
+from bot.cli import EXIT_FAILED, EXIT_OK
+from bot.health import fleet_health, local_health
+from bot.keys import Keys
+from bot.redis_client import connect
+from bot.registry import Registry, WorkerView
+from config.celery_config import broker_transport_options
+from config.settings import load_settings, redact_url
+
+COLUMNS = ("bot", "instance", "host", "state", "pool", "in flight", "done", "failed", "heartbeat")
+
+
+def _registry() -> Registry:
+    settings = load_settings()
+    return Registry(
+        connect(settings), Keys(settings.key_prefix), broker_transport_options(settings)
+    )
+
+
+def _row(view: WorkerView, now: float) -> tuple[str, ...]:
+    record = view.record
+    age = view.heartbeat_age_s(now)
+    return (
+        record.get("bot_id", "-"),
+        view.instance_id,
+        record.get("host", "-"),
+        view.state,
+        record.get("pool", "-"),
+        record.get("in_flight", "-"),
+        record.get("done", "-"),
+        record.get("failed", "-"),
+        "-" if age is None else f"{age:.1f}s ago",
+    )
+
+
+def render_table(views: list[WorkerView], now: float) -> str:
+    rows = [COLUMNS, *(_row(view, now) for view in views)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _fail_unreachable(exc: Exception) -> None:
+    settings = load_settings()
+    click.echo(f"bot: Redis at {redact_url(settings.redis_url)} unreachable: {exc}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per worker, in a list.")
+def fleet(as_json: bool) -> None:
+    """List the workers of the fleet: state, pool, jobs, heartbeat age.
+
+    A worker whose lease expired shows as DEAD (record left) or GONE (no record)."""
+    try:
+        views = _registry().fleet()
+    except redis.RedisError as exc:
+        _fail_unreachable(exc)
+        return
+    now = time.time()
+    if as_json:
+        click.echo(json.dumps([view.as_dict(now) for view in views], indent=2))
+    elif not views:
+        click.echo("no workers registered")
+    else:
+        click.echo(render_table(views, now))
+
+
+@click.command()
+@click.option("--fleet", "whole_fleet", is_flag=True, help="Healthy if any worker is.")
+@click.option("--node", help="The local worker's node name, when several share the state dir.")
+def health(whole_fleet: bool, node: str | None) -> None:
+    """Exit 0 when the local worker (or, with --fleet, any worker) is READY/PROCESSING, else 1."""
+    try:
+        registry = _registry()
+        verdict = (
+            fleet_health(registry)
+            if whole_fleet
+            else local_health(registry, load_settings().state_dir, node)
+        )
+    except redis.RedisError as exc:
+        _fail_unreachable(exc)
+        return
+    for line in verdict.lines:
+        click.echo(line)
+    sys.exit(EXIT_OK if verdict.healthy else EXIT_FAILED)
+
+
+COMMANDS: list[click.Command] = [fleet, health]

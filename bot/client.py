@@ -1,0 +1,184 @@
+"""The Python client: submit a job, read its status, wait for its outcome.
+
+`submit` validates the payload of a known op before anything is enqueued, and accepts the
+caller's job id as an idempotency key: a job id that is already known is not enqueued again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from celery.result import AsyncResult
+from celery.states import FAILURE, REVOKED, SUCCESS
+from pydantic import BaseModel
+
+from bot.jobs import now_ms
+from bot.ops import REGISTRY, check_size
+from bot.reports import FINAL_STATES, ms_to_datetime
+
+if TYPE_CHECKING:
+    from bot.application import BotApp
+
+#: Seconds between two reads of a job while waiting for it.
+POLL_INTERVAL_S = 0.2
+
+
+class JobStatus(BaseModel):
+    """What is known of one job: its record, or Celery's view when no record exists yet."""
+
+    job_id: str
+    state: str
+    op: str | None = None
+    owner: str | None = None
+    attempts: int = 0
+    recoveries: int = 0
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES or self.state == REVOKED.lower()
+
+
+class SubmitResult(BaseModel):
+    job_id: str
+    enqueued: bool  # False: the id was already known (idempotent resubmission)
+
+
+def _default_app() -> BotApp:
+    from bot import app
+
+    return app
+
+
+class Client:
+    def __init__(self, app: BotApp | None = None) -> None:
+        self.app = app or _default_app()
+
+    def submit(
+        self,
+        op: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        job_id: str | None = None,
+        queue: str | None = None,
+        countdown: float | None = None,
+    ) -> SubmitResult:
+        """Validate and enqueue `op` with `payload`. Raises PayloadRejected / UnknownOp."""
+        spec = REGISTRY.get(op)
+        data = (
+            payload.model_dump(mode="json")
+            if isinstance(payload, BaseModel)
+            else dict(payload or {})
+        )
+        check_size(data, self.app.settings.max_payload_bytes)
+        spec.validate(data)  # the worker validates again; what is sent is what the caller gave
+        queue = queue or spec.queue or self.app.settings.default_queue
+        if not self._claim_id(job_id, spec.name, queue):
+            return SubmitResult(job_id=job_id, enqueued=False)
+        try:
+            result = self.app.send_task(
+                spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown
+            )
+        except Exception:
+            # Not enqueued: free the caller's id so that submitting it again can succeed.
+            if job_id is not None:
+                self.app.redis().delete(self.app.keys.job(job_id))
+            raise
+        return SubmitResult(job_id=result.id, enqueued=True)
+
+    def _claim_id(self, job_id: str | None, op: str, queue: str) -> bool:
+        """For a caller's id: create its record as `queued`, or report that it exists."""
+        if job_id is None:
+            return True
+        key = self.app.keys.job(job_id)
+        client = self.app.redis()
+        if not client.hsetnx(key, "state", "queued"):
+            return False
+        client.hset(
+            key, mapping={"job_id": job_id, "op": op, "queue": queue, "enqueued_at": now_ms()}
+        )
+        client.expire(key, self.app.settings.job_ttl)
+        return True
+
+    def status(self, job_id: str) -> JobStatus:
+        record = self.app.job_store().read(job_id)
+        if record:
+            return status_from_record(job_id, record)
+        return self._status_from_celery(job_id)
+
+    def _status_from_celery(self, job_id: str) -> JobStatus:
+        result = AsyncResult(job_id, app=self.app)
+        state = result.state
+        if state == SUCCESS:
+            return JobStatus(job_id=job_id, state="succeeded", result=result.result)
+        if state == FAILURE:
+            exc = result.result
+            return JobStatus(
+                job_id=job_id,
+                state="failed",
+                error={"type": type(exc).__name__, "message": str(exc)},
+            )
+        # PENDING is Celery's word for "never heard of it"; REVOKED ends a job without a report.
+        return JobStatus(job_id=job_id, state="unknown" if state == "PENDING" else state.lower())
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        on_update: Callable[[JobStatus], None] | None = None,
+    ) -> JobStatus:
+        """Poll until the job ends; `on_update` sees each new status.
+
+        Raises TimeoutError past `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: JobStatus | None = None
+        while True:
+            status = self.status(job_id)
+            if on_update and status != last:
+                on_update(status)
+            last = status
+            if status.done:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {status.state} after {timeout}s")
+            time.sleep(POLL_INTERVAL_S)
+
+
+def status_from_record(job_id: str, record: Mapping[str, str]) -> JobStatus:
+    outcome = json.loads(record["outcome"]) if record.get("outcome") else {}
+    final = record.get("state") in FINAL_STATES
+    return JobStatus(
+        job_id=job_id,
+        state=record.get("state", "unknown"),
+        op=record.get("op"),
+        owner=record.get("owner") or None,
+        attempts=int(record.get("attempts", 0)),
+        recoveries=int(record.get("recoveries", 0)),
+        progress=json.loads(record["progress"]) if record.get("progress") else None,
+        result=outcome.get("result") if final else None,
+        error=outcome.get("error"),
+        enqueued_at=ms_to_datetime(record.get("enqueued_at")),
+        started_at=ms_to_datetime(record.get("started_at")),
+        finished_at=ms_to_datetime(record.get("finished_at")),
+    )
+
+
+def submit(op: str, payload: Mapping[str, Any] | None = None, **kwargs: Any) -> SubmitResult:
+    return Client().submit(op, payload, **kwargs)
+
+
+def status(job_id: str) -> JobStatus:
+    return Client().status(job_id)
+
+
+def wait(job_id: str, timeout: float | None = None) -> JobStatus:
+    return Client().wait(job_id, timeout)

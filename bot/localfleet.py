@@ -1,0 +1,188 @@
+"""`bot up`: run a local fleet — a worker with --autoscale and Flower — against BOT_REDIS_URL.
+
+When nothing answers at a loopback BOT_REDIS_URL and `redis-server` is on PATH, a private one is
+started with AOF under the state dir. Ctrl-C (or SIGTERM) stops everything this started, worker
+first (a warm shutdown), then Flower, then the private Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+#: Seconds a child gets to stop after SIGTERM before it is killed.
+STOP_GRACE_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %.0fs; killing it", self.name, grace_s)
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        return bool(
+            redis.Redis.from_url(
+                url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+            ).ping()
+        )
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+    except redis.ResponseError:  # it answers, but e.g. wants AUTH: not ours to replace
+        return True
+
+
+def private_redis_command(settings: Settings) -> list[str] | None:
+    """The redis-server command for a private server at BOT_REDIS_URL, or None when that URL
+    is not on this host or redis-server is not on PATH."""
+    parts = urlsplit(settings.redis_url)
+    server = shutil.which("redis-server")
+    if parts.scheme != "redis" or parts.hostname not in LOOPBACK_HOSTS or server is None:
+        return None
+    data_dir = Path(settings.state_dir, "redis").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return [
+        server,
+        "--port",
+        str(parts.port or 6379),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+
+
+def flower_env(address: str) -> dict[str, str]:
+    """Flower's environment. On a loopback address its HTTP API is opened without auth, so the
+    README's curl example works locally; anywhere else Flower's own auth settings apply."""
+    env = dict(os.environ)
+    if address in LOOPBACK_HOSTS:
+        env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    return env
+
+
+@dataclass
+class LocalFleet:
+    settings: Settings
+    autoscale: str = "4,1"
+    flower: bool = True
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    children: list[Child] = field(default_factory=list)
+
+    def start(self) -> None:
+        if not redis_answers(self.settings.redis_url):
+            self._start_private_redis()
+        celery = [sys.executable, "-m", "celery", "-A", "bot"]
+        self._spawn("worker", [*celery, "worker", f"--autoscale={self.autoscale}", "-l", "info"])
+        if self.flower:
+            self._spawn(
+                "flower",
+                [
+                    *celery,
+                    "flower",
+                    f"--address={self.flower_address}",
+                    f"--port={self.flower_port}",
+                ],
+                flower_env(self.flower_address),
+            )
+
+    def _start_private_redis(self) -> None:
+        command = private_redis_command(self.settings)
+        if command is None:
+            raise RuntimeError(
+                f"nothing answers at {self.settings.redacted_redis_url()} and no private "
+                "redis-server can be started there "
+                "(not a loopback URL, or redis-server not on PATH)"
+            )
+        self._spawn("redis", command)
+        deadline = time.monotonic() + 10
+        while not redis_answers(self.settings.redis_url):
+            if time.monotonic() > deadline or not self.children[-1].alive():
+                raise RuntimeError("the private redis-server did not start")
+            time.sleep(0.1)
+        logger.info(
+            "started a private redis-server (AOF under %s)", command[command.index("--dir") + 1]
+        )
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        logger.info("starting %s: %s", name, " ".join(command))
+        # Own process group: Ctrl-C in the terminal reaches only `bot up`, which then stops the
+        # children in order (worker before Redis), instead of everything at once.
+        process = subprocess.Popen(command, start_new_session=True, env=env)
+        self.children.append(Child(name, process))
+
+    def wait(self) -> int:
+        """Block until a child exits unexpectedly (returns 1)."""
+        while True:
+            for child in self.children:
+                if not child.alive():
+                    logger.error(
+                        "%s exited with code %s; stopping the fleet",
+                        child.name,
+                        child.process.returncode,
+                    )
+                    return 1
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(fleet: LocalFleet) -> int:
+    """Start the fleet, wait for Ctrl-C/SIGTERM or a child's death, stop everything."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    code = 0
+    try:
+        fleet.start()
+        code = fleet.wait()
+    except KeyboardInterrupt:
+        logger.info("stopping the fleet")
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        code = 1
+    finally:
+        fleet.stop()
+    return code

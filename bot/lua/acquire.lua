@@ -1,0 +1,61 @@
+--[[ acquire.lua: take ownership of a job before its op body runs (one atomic step).
+
+KEYS[1]  job record hash            bot:job:{job_id}
+KEYS[2]  new owner's in-flight set  bot:inflight:{instance_id}
+KEYS[3]  recorded owner's lease     bot:lease:{owner} (the new owner's own lease when none)
+KEYS[4]  fleet counters hash        bot:stats
+ARGV[1]  job id
+ARGV[2]  new owner (instance id)
+ARGV[3]  owner the caller expects ('' if none)  -- optimistic check: the caller picked KEYS[3]
+ARGV[4]  fence the caller expects ('0' if none) -- from these; 'retry' (with what is there) if not
+ARGV[5]  now (ms)
+ARGV[6]  op name
+ARGV[7]  queue
+ARGV[8]  delivery tag ('' if unknown)
+ARGV[9]  message JSON needed to publish the job again
+ARGV[10] pid of the process that will run the op
+ARGV[11] '1' when the recorded owner is this instance but its recorded process is dead
+ARGV[12] enqueued_at (ms) from the message headers ('' if unknown)
+
+Returns one of
+  {'retry', owner, fence, pid}    not the expected owner/fence: call again with these
+  {'duplicate', state}            the job already ended: ack without running
+  {'busy', owner}                 running under a live owner: ack without running
+  {'acquired', fence, attempts, recoveries, enqueued_at, started_at}
+A 'running' job whose owner is gone is taken over and counts one recovery.
+]]
+local job = KEYS[1]
+local cur = redis.call('HMGET', job, 'state', 'owner', 'fence', 'pid')
+local state, owner, fence = cur[1] or '', cur[2] or '', cur[3] or '0'
+if owner ~= ARGV[3] or fence ~= ARGV[4] then
+  return {'retry', owner, fence, cur[4] or ''}
+end
+if state == 'succeeded' or state == 'failed' or state == 'rejected' or state == 'dead' then
+  redis.call('HINCRBY', KEYS[4], 'duplicates_skipped', 1)
+  return {'duplicate', state}
+end
+if state == 'running' then
+  local owner_alive = redis.call('EXISTS', KEYS[3]) == 1
+  local own_dead_process = owner == ARGV[2] and ARGV[11] == '1'
+  if owner_alive and not own_dead_process then
+    redis.call('HINCRBY', KEYS[4], 'duplicates_skipped', 1)
+    return {'busy', owner}
+  end
+  -- the previous attempt ended without an outcome (its process or worker died)
+  redis.call('HINCRBY', job, 'recoveries', 1)
+  redis.call('HINCRBY', KEYS[4], 'recoveries', 1)
+end
+local new_fence = redis.call('HINCRBY', job, 'fence', 1)
+local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('HSET', job,
+  'job_id', ARGV[1], 'state', 'running', 'owner', ARGV[2], 'pid', ARGV[10],
+  'op', ARGV[6], 'queue', ARGV[7], 'delivery_tag', ARGV[8], 'message', ARGV[9],
+  'started_at', ARGV[5], 'updated_at', ARGV[5])
+if ARGV[12] ~= '' then
+  redis.call('HSETNX', job, 'enqueued_at', ARGV[12])
+end
+redis.call('HSETNX', job, 'recoveries', 0)
+redis.call('PERSIST', job)
+redis.call('SADD', KEYS[2], ARGV[1])
+local after = redis.call('HMGET', job, 'recoveries', 'enqueued_at')
+return {'acquired', new_fence, attempts, tonumber(after[1]), after[2] or '', ARGV[5]}

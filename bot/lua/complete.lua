@@ -1,0 +1,42 @@
+--[[ complete.lua: record an attempt's outcome, fenced; a final one with its report (atomic).
+
+KEYS[1]  job record hash            bot:job:{job_id}
+KEYS[2]  owner's in-flight set      bot:inflight:{instance_id}
+KEYS[3]  outbox stream              bot:outbox
+KEYS[4]  fleet counters hash        bot:stats
+KEYS[5]  owner's metrics hash       bot:metrics:{instance_id}
+ARGV[1]  job id
+ARGV[2]  owner (instance id)
+ARGV[3]  fence the owner acquired with
+ARGV[4]  new state: succeeded | failed | rejected | dead | retrying
+ARGV[5]  outcome JSON (result or error)
+ARGV[6]  report JSON for a final state, '' for retrying
+ARGV[7]  now (ms)
+ARGV[8]  seconds the record lives after a final state (BOT_JOB_TTL)
+ARGV[9]  metrics field that sums attempt durations (ms)
+ARGV[10] this attempt's duration (ms)
+ARGV[11..] metrics fields to count one each (outcome by op, duration bucket by op)
+
+Returns {1, outbox entry id ('' when not final)} or {0} when the fence or owner no longer
+match: the job was recovered elsewhere, this outcome is discarded and counted as lease_lost.
+]]
+local job = KEYS[1]
+local cur = redis.call('HMGET', job, 'owner', 'fence', 'state')
+if cur[1] ~= ARGV[2] or cur[2] ~= ARGV[3] or cur[3] ~= 'running' then
+  redis.call('HINCRBY', KEYS[4], 'lease_lost', 1)
+  return {0}
+end
+redis.call('HSET', job, 'state', ARGV[4], 'outcome', ARGV[5], 'updated_at', ARGV[7])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[5], ARGV[9], tonumber(ARGV[10]))
+for i = 11, #ARGV do
+  redis.call('HINCRBY', KEYS[5], ARGV[i], 1)
+end
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[8]))
+if ARGV[6] == '' then
+  return {1, ''}
+end
+local entry = redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[1], 'report', ARGV[6])
+redis.call('HSET', job, 'finished_at', ARGV[7], 'report_id', entry)
+redis.call('EXPIRE', job, tonumber(ARGV[8]))
+return {1, entry}

@@ -1,0 +1,264 @@
+"""The reaper: hands the in-flight jobs of dead instances back to the queue.
+
+Runs on a timer in every worker; one pass at a time fleet-wide through a short Redis lock
+(`bot:reaper:lock`, SET NX PX). A pass:
+1. for each instance in `bot:workers` whose lease `bot:lease:{id}` is gone, for each job id in
+   its in-flight set whose record still names it and is `running`: `reap.lua` sets the job
+   `queued`, `recoveries` + 1 (fenced on owner and fence), then its very message is put back
+   at the head of its queue (kombu `restore_by_tag`), or, where the unacked entry is gone,
+   published again from the record. Then the instance is forgotten (`forget_instance.lua`);
+2. optionally (`orphan_age_s`), every unacked message nobody renewed for that long goes back
+   too: live workers refresh the `unacked_index` score of every message they hold on each
+   heartbeat, so an old score means its holder is dead. This catches what no in-flight set
+   records: messages a dead worker had reserved or held for a countdown/retry.
+The recovery bound is applied where the job runs next: acquire hands back `recoveries` and
+`run_op` ends a job with more than BOT_MAX_RECOVERIES as `dead`.
+
+A reaper that has just (re)connected to Redis (first pass, a Redis restart seen as a new
+`run_id`, a connection error, or a gap between passes longer than a lease TTL) waits one
+lease TTL before judging others: their leases may be missing only because they too have
+not yet renewed them since the outage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+from kombu.exceptions import OperationalError
+
+from bot import scripts
+from bot.jobs import now_ms
+from bot.keys import Keys
+from bot.requeue import BrokerRequeue, Requeue
+
+if TYPE_CHECKING:
+    from bot.application import BotApp
+
+logger = logging.getLogger(__name__)
+
+#: Errors that mean "Redis (or the broker) is unreachable right now": the pass is abandoned
+#: and the reaper starts over as if it had just connected.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+
+#: bot:stats counters naming the path that recovered a job.
+REAPER_COUNTER = "reaper_recovered"
+CHILD_LOST_COUNTER = "child_lost_recovered"
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """A job that `reap.lua` moved back to `queued`; its message must now be put back."""
+
+    job_id: str
+    recoveries: int
+    delivery_tag: str
+    message: str
+
+
+def reap_job(
+    client: redis.Redis, keys: Keys, job_id: str, owner: str, counter: str, pid: int | None = None
+) -> Requeued | None:
+    """Move `job_id` back to `queued` if it still runs under `owner` (and, given `pid`, in that
+    process). The fence read here makes the script a no-op if the job moved meanwhile."""
+    fence, seen_pid = client.hmget(keys.job(job_id), "fence", "pid")
+    if pid is not None and seen_pid != str(pid):
+        return None
+    reply = scripts.register(client, "reap")(
+        keys=[keys.job(job_id), keys.inflight(owner), keys.stats],
+        args=[job_id, owner, fence or "0", now_ms(), counter],
+    )
+    if reply[0] != "queued":
+        return None
+    return Requeued(job_id, int(reply[1]), reply[2], reply[3])
+
+
+@dataclass
+class ReaperCounters:
+    """What this worker's reaper did since it started (shown in the worker record)."""
+
+    passes: int = 0
+    instances_reaped: int = 0
+    recovered: int = 0
+    restored: int = 0
+    republished: int = 0
+    orphans_restored: int = 0
+    unrecoverable: int = 0
+    errors: int = 0
+
+
+class Reaper:
+    """One worker's reaper. `run_once()` is called every BOT_REAPER_INTERVAL."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        requeue: Requeue,
+        *,
+        lease_ttl_s: float,
+        interval_s: float,
+        lock_ttl_s: float,
+        orphan_age_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.requeue = requeue
+        self.lease_ttl_s = lease_ttl_s
+        self.interval_s = interval_s
+        self.lock_ttl_s = lock_ttl_s
+        self.orphan_age_s = orphan_age_s
+        self.clock = clock
+        self.counters = ReaperCounters()
+        self._connected_since: float | None = None
+        self._last_pass: float | None = None
+        self._run_id: str | None = None
+
+    @classmethod
+    def for_app(cls, app: BotApp, *, orphan_sweep: bool = True) -> Reaper:
+        """The reaper of a worker of `app`. The orphan sweep relies on the heartbeat renewing
+        the `unacked_index` scores of held messages; it starts at two lease TTLs."""
+        settings = app.settings
+        return cls(
+            app.redis(),
+            app.keys,
+            BrokerRequeue(app),
+            lease_ttl_s=settings.lease_ttl_s,
+            interval_s=settings.reaper_interval,
+            # Short: a reaper killed while holding it delays the others by one interval at most.
+            lock_ttl_s=max(1.0, settings.reaper_interval),
+            orphan_age_s=2 * settings.lease_ttl_s if orphan_sweep else None,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return asdict(self.counters)
+
+    def run_once(self) -> bool:
+        """One pass. True when this reaper held the lock and judged the fleet."""
+        try:
+            if not self._settled():
+                return False
+            token = uuid.uuid4().hex
+            if not self.client.set(
+                self.keys.reaper_lock, token, nx=True, px=int(self.lock_ttl_s * 1000)
+            ):
+                return False
+            try:
+                self.counters.passes += 1
+                self._reap_dead_instances()
+                self._sweep_orphans()
+            finally:
+                scripts.register(self.client, "unlock")(keys=[self.keys.reaper_lock], args=[token])
+            return True
+        except CONNECTION_ERRORS as exc:
+            self.counters.errors += 1
+            self._connected_since = None
+            self.requeue.reset()
+            logger.warning("reaper: Redis unreachable (%s); will wait a lease TTL after", exc)
+            return False
+
+    def _settled(self) -> bool:
+        """Whether this reaper has been connected for a lease TTL (see the module docstring)."""
+        now = self.clock()
+        run_id = self._server_run_id()
+        # A pass much later than its interval: this process was paused, or its timer did not
+        # fire (the worker's event loop stops while the broker connection is down).
+        gap = self._last_pass is not None and now - self._last_pass > (
+            self.lease_ttl_s + self.interval_s
+        )
+        self._last_pass = now
+        if self._connected_since is None or run_id != self._run_id or gap:
+            self._connected_since = now
+            self._run_id = run_id
+            logger.info("reaper: (re)connected; judging others in %.1fs", self.lease_ttl_s)
+        return now - self._connected_since >= self.lease_ttl_s
+
+    def _server_run_id(self) -> str:
+        """Redis's run_id (new on every restart); '' where INFO is not allowed (an ACL user
+        without it): connection errors and pass gaps still restart the wait there."""
+        try:
+            return str(self.client.info("server").get("run_id", ""))
+        except redis.ResponseError:
+            return ""
+
+    def _dead_instances(self) -> list[str]:
+        instances: list[str] = self.client.zrange(self.keys.workers, 0, -1)  # type: ignore[assignment]
+        if not instances:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for instance in instances:
+            pipe.exists(self.keys.lease(instance))
+        alive = pipe.execute()
+        return [instance for instance, live in zip(instances, alive, strict=True) if not live]
+
+    def _reap_dead_instances(self) -> None:
+        for instance in self._dead_instances():
+            job_ids: set[str] = self.client.smembers(self.keys.inflight(instance))  # type: ignore[assignment]
+            for job_id in sorted(job_ids):
+                requeued = reap_job(self.client, self.keys, job_id, instance, REAPER_COUNTER)
+                if requeued is not None:
+                    self.counters.recovered += 1
+                    logger.warning(
+                        "job %s: owner %s is gone; recovery %d",
+                        job_id,
+                        instance,
+                        requeued.recoveries,
+                    )
+                    self.put_back(requeued)
+            if self._forget(instance):
+                self.counters.instances_reaped += 1
+                self.client.hincrby(self.keys.stats, "reaper_instances", 1)
+                logger.warning("reaper: instance %s is dead; forgotten", instance)
+
+    def put_back(self, requeued: Requeued) -> None:
+        """The job's very message back at the head of its queue, or published again."""
+        if requeued.delivery_tag and self.requeue.restore(requeued.delivery_tag):
+            self._count("restored", "reaper_restored")
+        elif requeued.message:
+            self.requeue.republish(requeued.job_id, json.loads(requeued.message))
+            self._count("republished", "reaper_republished")
+        else:  # acquire always stores the message; a record without one was not made by bot
+            self._count("unrecoverable", "reaper_unrecoverable")
+            logger.error("job %s: no message to publish again; it stays queued", requeued.job_id)
+
+    def _forget(self, instance: str) -> bool:
+        keys = self.keys
+        return bool(
+            scripts.register(self.client, "forget_instance")(
+                keys=[
+                    keys.workers,
+                    keys.worker(instance),
+                    keys.inflight(instance),
+                    keys.lease(instance),
+                ],
+                args=[instance],
+            )
+        )
+
+    def _sweep_orphans(self) -> None:
+        if self.orphan_age_s is None:
+            return
+        for tag in self.requeue.stale_tags(self.orphan_age_s):
+            if self.requeue.restore(tag):
+                self._count("orphans_restored", "reaper_orphans_restored")
+                logger.warning("reaper: unacked message %s not renewed by anyone; put back", tag)
+
+    def _count(self, field: str, stat: str) -> None:
+        setattr(self.counters, field, getattr(self.counters, field) + 1)
+        self.client.hincrby(self.keys.stats, stat, 1)
+
+
+def reaper_service(context: Any) -> Any:
+    """The fleet service (bot.fleet `ServiceFactory`) running this worker's reaper every
+    BOT_REAPER_INTERVAL in a thread of the worker's main process."""
+    from bot.fleet import PeriodicService
+
+    reaper = Reaper.for_app(context.app)
+    return PeriodicService("reaper", context.settings.reaper_interval, reaper.run_once)

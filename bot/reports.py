@@ -1,0 +1,58 @@
+"""The report: the one record of how a job ended, appended to the outbox with its final state.
+
+Its JSON Schema is published (`Report.model_json_schema()`, `bot ops --reports`) so consumers
+of the outbox stream can validate what they read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FinalStatus = Literal["succeeded", "failed", "rejected", "dead"]
+FINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "rejected", "dead")
+
+
+class ReportError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: str = Field(description="Exception class name, e.g. PayloadRejected.")
+    message: str
+    details: list[dict[str, Any]] = Field(
+        default_factory=list, description="Field errors for rejected payloads."
+    )
+
+
+class ReportWorker(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bot_id: str | None
+    instance_id: str | None
+    hostname: str
+
+
+class Report(BaseModel):
+    """How one job ended. Exactly one per job, in `bot:outbox`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    op: str
+    status: FinalStatus
+    result: Any = None
+    error: ReportError | None = None
+    attempts: int = Field(ge=0)
+    recoveries: int = Field(ge=0)
+    worker: ReportWorker
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime
+    duration_ms: int | None = Field(default=None, ge=0)
+
+
+def ms_to_datetime(ms: int | str | None) -> datetime | None:
+    if ms in (None, "", 0, "0"):
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)

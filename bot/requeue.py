@@ -1,0 +1,92 @@
+"""Putting a recovered job's message back on the broker: kombu's side of recovery.
+
+Observed in kombu 5.7's Redis transport (pinned by tests/integration/test_kombu_layout.py):
+a delivered, unacked message sits in hash `unacked` (delivery tag -> [payload, exchange,
+routing_key]) and zset `unacked_index` (tag -> delivery time, seconds); `QoS.restore_by_tag`
+moves one entry back onto its queue in one WATCH/MULTI transaction. Publishers LPUSH and
+consumers BRPOP, so the end a consumer takes next is the right one: `leftmost=False` (RPUSH)
+puts the message at the head of its queue, `leftmost=True` (LPUSH) at its tail.
+
+`BrokerRequeue` owns one broker connection (not the worker's consumer connection, so it can
+be used from any thread of the worker's main process) and goes through kombu's own client,
+which honours `global_keyprefix`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kombu.utils.encoding import bytes_to_str
+
+if TYPE_CHECKING:
+    from kombu import Connection
+
+    from bot.application import BotApp
+
+logger = logging.getLogger(__name__)
+
+
+class Requeue(Protocol):
+    """What the reaper needs from the broker (a fake in unit tests)."""
+
+    def restore(self, tag: str) -> bool:
+        """Put the unacked message `tag` back at the head of its queue; False if it is gone."""
+
+    def republish(self, job_id: str, message: dict[str, Any]) -> None:
+        """Publish the job again from its stored message (same task id)."""
+
+    def stale_tags(self, older_than_s: float) -> list[str]:
+        """Tags in `unacked_index` whose score is older than `older_than_s` seconds."""
+
+    def reset(self) -> None:
+        """Drop the broker connection after an error; the next call reconnects."""
+
+
+class BrokerRequeue:
+    """`Requeue` on the app's broker, through kombu's Redis channel."""
+
+    def __init__(self, app: BotApp) -> None:
+        self.app = app
+        self._connection: Connection | None = None
+
+    def _channel(self) -> Any:
+        if self._connection is None:
+            self._connection = self.app.connection_for_write()
+        return self._connection.default_channel
+
+    def restore(self, tag: str) -> bool:
+        channel = self._channel()
+        with channel.conn_or_acquire() as client:
+            if client.hget(channel.unacked_key, tag) is None:
+                return False
+        # restore_by_tag re-reads the entry under WATCH: if it went meanwhile (acked, or put
+        # back by kombu's own sweep) nothing is pushed twice. leftmost=False: RPUSH, the end
+        # BRPOP takes next, i.e. the head of the queue.
+        channel.qos.restore_by_tag(tag, leftmost=False)
+        return True
+
+    def republish(self, job_id: str, message: dict[str, Any]) -> None:
+        self.app.send_task(
+            message["task"],
+            args=message.get("args") or (),
+            kwargs=message.get("kwargs") or {},
+            task_id=job_id,
+            queue=message.get("queue") or self.app.settings.default_queue,
+        )
+
+    def stale_tags(self, older_than_s: float) -> list[str]:
+        channel = self._channel()
+        ceiling = time.time() - older_than_s  # kombu scores are time.time() seconds
+        with channel.conn_or_acquire() as client:
+            tags = client.zrange(channel.unacked_index_key, "-inf", ceiling, byscore=True)
+        return [bytes_to_str(tag) for tag in tags]
+
+    def reset(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:  # a broken connection may fail to close; it is dropped anyway
+                logger.debug("closing the reaper's broker connection failed", exc_info=True)

@@ -1,0 +1,170 @@
+"""The `BOT_*` settings: one frozen pydantic-settings object, read once at start-up.
+
+Every variable DESIGN.md names is a field here. A bad or unknown `BOT_*` variable is an error
+(`ConfigError`) whose message names the variable, so start-up can stop with one readable line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+ENV_PREFIX = "BOT_"
+
+#: Schemes redis-py and kombu accept for a Redis connection.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class ConfigError(SystemExit):
+    """A bad configuration. Exits with code 2 when it reaches the top of the process."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Settings(BaseSettings):
+    """Every `BOT_*` variable. Times are seconds (floats) unless the name says otherwise."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    redis_url: str = Field("redis://localhost:6379/0", repr=False)
+    result_url: str | None = Field(None, repr=False)
+    id: str | None = None
+    state_dir: Path = Path(".state")
+    heartbeat_interval: float = Field(5.0, gt=0)
+    lease_ttl: float | None = Field(None, gt=0)
+    reaper_interval: float = Field(5.0, gt=0)
+    max_recoveries: int = Field(3, ge=0)
+    visibility_timeout: int = Field(3600, gt=0)
+    broker_transport_options: dict[str, Any] = Field(default_factory=dict)
+    max_startup_attempts: int = Field(20, ge=1)
+    retry_base_delay: float = Field(1.0, ge=0)
+    retry_max_delay: float = Field(60.0, ge=0)
+    breaker_threshold: int = Field(5, ge=1)
+    breaker_timeout: float = Field(30.0, gt=0)
+    report_url: str | None = None
+    report_token: SecretStr | None = None
+    outbox_max_deliveries: int = Field(10, ge=1)
+    job_ttl: int = Field(86400, gt=0)
+    max_payload_bytes: int = Field(1_048_576, gt=0)
+    ops_modules: CommaList = Field(default_factory=list)
+    queues: CommaList = Field(default_factory=lambda: ["celery"])
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    key_prefix: str = Field("bot", min_length=1)
+
+    @field_validator("redis_url", "result_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
+            schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+            raise ValueError(f"must be a URL starting with one of {schemes}")
+        return value
+
+    @field_validator("report_url")
+    @classmethod
+    def _http_scheme(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value or None
+
+    @field_validator("ops_modules", "queues", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _at_least_one_queue(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one queue")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeat(self) -> Settings:
+        if self.lease_ttl is not None and self.lease_ttl <= self.heartbeat_interval:
+            raise ValueError(
+                f"BOT_LEASE_TTL ({self.lease_ttl}) must be longer than "
+                f"BOT_HEARTBEAT_INTERVAL ({self.heartbeat_interval})"
+            )
+        return self
+
+    # -- derived values ----------------------------------------------------------------------
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """The liveness lease's TTL: `BOT_LEASE_TTL`, or three heartbeats."""
+        return self.lease_ttl if self.lease_ttl is not None else 3 * self.heartbeat_interval
+
+    @property
+    def result_backend_url(self) -> str:
+        return self.result_url or self.redis_url
+
+    @property
+    def default_queue(self) -> str:
+        return self.queues[0]
+
+    def redacted_redis_url(self) -> str:
+        return redact_url(self.redis_url)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`, fit for logs and CLI output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False):
+        message = item["msg"].removeprefix("Value error, ")
+        loc = item["loc"]
+        problems.append(f"{ENV_PREFIX}{str(loc[0]).upper()}: {message}" if loc else message)
+    return "; ".join(problems)
+
+
+def _unknown_variables() -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def load_settings() -> Settings:
+    """Read and check every `BOT_*` variable; raise `ConfigError` naming what is wrong."""
+    unknown = _unknown_variables()
+    if unknown:
+        raise ConfigError(f"invalid configuration: unknown setting {', '.join(unknown)}")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+    except SettingsError as exc:  # a complex value (JSON) that does not decode
+        field = str(exc).split('"')[1] if '"' in str(exc) else "configuration"
+        raise ConfigError(
+            f"invalid configuration: {ENV_PREFIX}{field.upper()}: must be valid JSON"
+        ) from None

@@ -1,0 +1,1 @@
+"""Test support: real redis-server processes, real `celery worker` processes, the `bot` CLI."""

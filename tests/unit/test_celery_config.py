@@ -1,0 +1,42 @@
+"""The Celery configuration bot runs with: JSON only, at-least-once delivery, events on."""
+
+from __future__ import annotations
+
+from config.celery_config import broker_transport_options, celery_config
+from config.settings import Settings
+
+
+def test_json_only_no_pickle() -> None:
+    conf = celery_config(Settings())
+    assert conf["accept_content"] == ["json"]
+    assert conf["result_accept_content"] == ["json"]
+    assert {conf["task_serializer"], conf["result_serializer"], conf["event_serializer"]} == {
+        "json"
+    }
+
+
+def test_at_least_once_delivery_and_events() -> None:
+    conf = celery_config(Settings())
+    assert conf["task_acks_late"] is True
+    assert conf["task_reject_on_worker_lost"] is True
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
+    assert conf["task_track_started"] is True
+
+
+def test_user_transport_options_merge_over_ours() -> None:
+    settings = Settings(
+        visibility_timeout=7,
+        broker_transport_options={"unacked_restore_interval": 1, "visibility_timeout": 9},
+    )
+    options = broker_transport_options(settings)
+    assert options["visibility_timeout"] == 9
+    assert options["unacked_restore_interval"] == 1
+    assert options["socket_timeout"] > 0 and options["health_check_interval"] > 0
+
+
+def test_result_backend_defaults_to_broker_redis() -> None:
+    conf = celery_config(Settings(redis_url="redis://h:1/2"))
+    assert conf["broker_url"] == conf["result_backend"] == "redis://h:1/2"
+    conf = celery_config(Settings(redis_url="redis://h:1/2", result_url="redis://other:1/3"))
+    assert conf["result_backend"] == "redis://other:1/3"

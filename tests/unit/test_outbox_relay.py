@@ -1,0 +1,158 @@
+"""The relay's decisions with an injected clock and a scripted sink, on fakeredis: per-entry
+backoff, the breaker (no reads while open, one trial half-open), dead-lettering after the
+configured deliveries, and that a delivered entry is acked exactly once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+
+from bot.breaker import BreakerState
+from bot.keys import Keys
+from bot.outbox import Outbox
+from bot.relay import Relay, RelayConfig
+from bot.sinks import DeliveryFailed
+
+KEYS = Keys("bot")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedSink:
+    """Answers ok or fails as told; records what it was asked to deliver."""
+
+    name = "http"
+    timeout_s = 1.0
+
+    def __init__(self) -> None:
+        self.ok = True
+        self.calls: list[str] = []
+
+    def deliver(self, job_id: str, report_json: str) -> None:
+        self.calls.append(job_id)
+        assert json.loads(report_json)["job_id"] == job_id
+        if not self.ok:
+            raise DeliveryFailed("HTTP 500")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def client() -> Iterator[fakeredis.FakeRedis]:
+    server = fakeredis.FakeServer()
+    yield fakeredis.FakeRedis(server=server, decode_responses=True)
+
+
+def make_relay(
+    client: fakeredis.FakeRedis, sink: ScriptedSink, clock: Clock, **config: object
+) -> Relay:
+    values: dict[str, object] = {
+        "max_deliveries": 3,
+        "retry_base_s": 1.0,
+        "retry_max_s": 8.0,
+        "breaker_threshold": 2,
+        "breaker_timeout_s": 30.0,
+        "claim_interval_s": 3600.0,
+        "touch_interval_s": 3600.0,
+        "trim_interval_s": 3600.0,
+    }
+    values.update(config)
+    return Relay(client, KEYS, sink, "me", RelayConfig(**values), clock=clock, rand=lambda: 1.0)  # type: ignore[arg-type]
+
+
+def append(client: fakeredis.FakeRedis, *job_ids: str) -> None:
+    for job_id in job_ids:
+        client.xadd(KEYS.outbox, {"job_id": job_id, "report": json.dumps({"job_id": job_id})})
+
+
+def test_delivers_and_acks_each_entry_once(client: fakeredis.FakeRedis) -> None:
+    sink, clock = ScriptedSink(), Clock()
+    relay = make_relay(client, sink, clock)
+    append(client, "a", "b", "c")
+
+    assert relay.run_once() == 3
+    assert relay.run_once() == 0
+
+    assert sink.calls == ["a", "b", "c"]
+    assert relay.snapshot()["delivered"] == 3
+    assert Outbox(client, KEYS).pending(KEYS.outbox, "http", 10) == []
+
+
+def test_a_failed_entry_waits_its_backoff_then_is_retried(client: fakeredis.FakeRedis) -> None:
+    sink, clock = ScriptedSink(), Clock()
+    relay = make_relay(client, sink, clock, breaker_threshold=100)
+    append(client, "a")
+    sink.ok = False
+    relay.run_once()  # delivery 1 fails: next try after base * 2**0 = 1 s (rand=1: the ceiling)
+
+    clock.now += 0.9
+    assert relay.run_once() == 0
+    clock.now += 0.2
+    sink.ok = True
+    assert relay.run_once() == 1
+
+    assert sink.calls == ["a", "a"]
+    assert relay.snapshot()["failed"] == 1 and relay.snapshot()["delivered"] == 1
+
+
+def test_dead_lettered_after_max_deliveries(client: fakeredis.FakeRedis) -> None:
+    sink, clock = ScriptedSink(), Clock()
+    relay = make_relay(client, sink, clock, breaker_threshold=100)
+    append(client, "a")
+    sink.ok = False
+
+    for _ in range(5):
+        relay.run_once()
+        clock.now += 10
+
+    assert sink.calls == ["a", "a", "a"]  # max_deliveries=3
+    box = Outbox(client, KEYS)
+    (dead,) = box.dead()
+    assert (dead["job_id"], dead["deliveries"], dead["reason"]) == ("a", "3", "HTTP 500")
+    assert box.pending(KEYS.outbox, "http", 10) == []
+    assert relay.snapshot()["dead_lettered"] == 1
+
+
+def test_breaker_opens_stops_reading_and_a_half_open_trial_closes_it(
+    client: fakeredis.FakeRedis,
+) -> None:
+    # Given a failing sink and 10 entries
+    sink, clock = ScriptedSink(), Clock()
+    relay = make_relay(client, sink, clock, max_deliveries=100, breaker_threshold=2)
+    append(client, *[f"j{i}" for i in range(10)])
+    sink.ok = False
+
+    # When a pass runs: two failures open the breaker, the rest of the batch is not attempted
+    relay.run_once()
+    assert relay.breaker.state is BreakerState.OPEN
+    assert sink.calls == ["j0", "j1"]
+    append(client, "late")
+    clock.now += 20
+    assert relay.run_once() == 0  # open: nothing attempted, nothing new read
+
+    # Then after the timeout one trial goes through; its success closes the breaker and all drain
+    clock.now += 20
+    sink.ok = True
+    relay.run_once()
+    assert relay.breaker.state is BreakerState.CLOSED
+    while relay.run_once():
+        clock.now += 10
+    assert sorted(set(sink.calls)) == sorted([f"j{i}" for i in range(10)] + ["late"])
+    assert relay.snapshot()["delivered"] == 11
+
+
+def test_snapshot_shape(client: fakeredis.FakeRedis) -> None:
+    relay = make_relay(client, ScriptedSink(), Clock())
+    snap = relay.snapshot()
+    assert snap["group"] == "http" and snap["consumer"] == "me" and snap["running"] is False
+    assert snap["breaker"] == {"state": "closed", "failures": 0}

@@ -1,0 +1,112 @@
+"""Settings: defaults from DESIGN.md, one readable error naming the variable for bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import ConfigError, Settings, load_settings, redact_url
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("BOT_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_match_design() -> None:
+    settings = load_settings()
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.result_backend_url == settings.redis_url
+    assert settings.heartbeat_interval == 5.0
+    assert settings.lease_ttl_s == 15.0  # 3 x heartbeat
+    assert settings.visibility_timeout == 3600
+    assert settings.max_startup_attempts == 20
+    assert (settings.retry_base_delay, settings.retry_max_delay) == (1.0, 60.0)
+    assert (settings.breaker_threshold, settings.breaker_timeout) == (5, 30.0)
+    assert settings.max_recoveries == 3
+    assert settings.key_prefix == "bot"
+    assert settings.log_format == "console"
+
+
+def test_values_come_from_bot_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_HEARTBEAT_INTERVAL", "0.5")
+    monkeypatch.setenv("BOT_QUEUES", "high, low")
+    monkeypatch.setenv("BOT_OPS_MODULES", "a.ops,b.ops")
+    monkeypatch.setenv("BOT_BROKER_TRANSPORT_OPTIONS", '{"unacked_restore_interval": 1}')
+    monkeypatch.setenv("BOT_LOG_LEVEL", "debug")
+    settings = load_settings()
+    assert settings.heartbeat_interval == 0.5
+    assert settings.lease_ttl_s == 1.5
+    assert settings.queues == ["high", "low"]
+    assert settings.default_queue == "high"
+    assert settings.ops_modules == ["a.ops", "b.ops"]
+    assert settings.broker_transport_options == {"unacked_restore_interval": 1}
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("BOT_HEARTBEAT_INTERVAL", "abc", "BOT_HEARTBEAT_INTERVAL: Input should be a valid number"),
+        ("BOT_HEARTBEAT_INTERVAL", "-1", "BOT_HEARTBEAT_INTERVAL: Input should be greater than 0"),
+        ("BOT_REDIS_URL", "http://x", "BOT_REDIS_URL: must be a URL starting with one of redis://"),
+        (
+            "BOT_BROKER_TRANSPORT_OPTIONS",
+            "{bad",
+            "BOT_BROKER_TRANSPORT_OPTIONS: must be valid JSON",
+        ),
+        ("BOT_LOG_FORMAT", "xml", "BOT_LOG_FORMAT: Input should be 'console' or 'json'"),
+        ("BOT_REPORT_URL", "ftp://x", "BOT_REPORT_URL: must be an http:// or https:// URL"),
+        ("BOT_QUEUES", " , ", "BOT_QUEUES: must name at least one queue"),
+        ("BOT_HEARTBAET_INTERVAL", "5", "unknown setting BOT_HEARTBAET_INTERVAL"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert expected in message
+    assert "\n" not in message
+    assert raised.value.code == 2
+
+
+def test_lease_must_outlive_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_HEARTBEAT_INTERVAL", "5")
+    monkeypatch.setenv("BOT_LEASE_TTL", "4")
+    with pytest.raises(
+        ConfigError, match=r"BOT_LEASE_TTL .* must be longer than BOT_HEARTBEAT_INTERVAL"
+    ):
+        load_settings()
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.heartbeat_interval = 1  # type: ignore[misc]
+
+
+def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_REDIS_URL", "redis://user:hunter2@redis.example:6380/1")
+    monkeypatch.setenv("BOT_REPORT_TOKEN", "tok-secret")
+    settings = load_settings()
+    assert "hunter2" not in repr(settings)
+    assert "tok-secret" not in repr(settings)
+    assert settings.redacted_redis_url() == "redis://user:***@redis.example:6380/1"
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("rediss://:pw@h:1/0", "rediss://***@h:1/0"),
+        ("redis://u:pw@h/0", "redis://u:***@h/0"),
+    ],
+)
+def test_redact_url(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
