@@ -63,16 +63,24 @@ class Requeued:
 
 
 def reap_job(
-    client: redis.Redis, keys: Keys, job_id: str, owner: str, counter: str, pid: int | None = None
+    client: redis.Redis,
+    keys: Keys,
+    job_id: str,
+    owner: str,
+    counter: str,
+    pid: int | None = None,
+    fence: str | None = None,
 ) -> Requeued | None:
     """Move `job_id` back to `queued` if it still runs under `owner` (and, given `pid`, in that
-    process). The fence read here makes the script a no-op if the job moved meanwhile."""
-    fence, seen_pid = client.hmget(keys.job(job_id), "fence", "pid")
+    process). The fence (read here unless the caller read it along with what it judged) makes
+    the script a no-op if the job moved meanwhile."""
+    seen_fence, seen_pid = client.hmget(keys.job(job_id), "fence", "pid")
     if pid is not None and seen_pid != str(pid):
         return None
+    judged_fence = str(seen_fence or "0") if fence is None else fence
     reply = scripts.register(client, "reap")(
         keys=[keys.job(job_id), keys.inflight(owner), keys.stats],
-        args=[job_id, owner, fence or "0", now_ms(), counter],
+        args=[job_id, owner, judged_fence, now_ms(), counter],
     )
     if reply[0] != "queued":
         return None
@@ -258,7 +266,22 @@ class Reaper:
 def reaper_service(context: Any) -> Any:
     """The fleet service (bot.fleet `ServiceFactory`) running this worker's reaper every
     BOT_REAPER_INTERVAL in a thread of the worker's main process."""
+    from bot import worker_info
+    from bot.claims import ClaimAudit
     from bot.fleet import PeriodicService
+    from bot.runtime import RUNTIME
 
     reaper = Reaper.for_app(context.app)
-    return PeriodicService("reaper", context.settings.reaper_interval, reaper.run_once)
+    audit = ClaimAudit(
+        context.app.redis(),
+        context.app.keys,
+        owner=RUNTIME.owner,
+        held_job_ids=worker_info.held_job_ids,
+        put_back=reaper.put_back,
+    )
+
+    def one_round() -> None:
+        reaper.run_once()
+        audit.run_once()
+
+    return PeriodicService("reaper", context.settings.reaper_interval, one_round)

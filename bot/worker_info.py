@@ -34,6 +34,11 @@ def held_delivery_tags() -> list[str]:
     return tags
 
 
+def held_job_ids() -> set[str]:
+    """Task ids (= job ids) of every request this worker holds: reserved, scheduled, running."""
+    return set(dict(worker_state.requests))
+
+
 def _count(weakset: Any) -> int:
     for _ in range(5):
         try:

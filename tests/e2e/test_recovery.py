@@ -23,6 +23,7 @@ import redis
 
 from bot.application import BotApp
 from bot.client import Client
+from bot.jobs import Acquired, Delivery, JobStore
 from bot.keys import Keys
 from tests.support import stock_app
 from tests.support.processes import WorkerProcess, wait_for
@@ -139,6 +140,25 @@ def test_kill9_of_only_the_pool_child_is_handed_back_and_runs_again(workers, bot
     assert touches(client, "job-c") == 2
     assert [r["job_id"] for r in reports(client)] == ["job-c"]
     assert victim.alive()
+
+
+def test_a_job_a_live_worker_claims_but_does_not_hold_runs_again(workers, client):
+    # Given a live worker, and a job recorded as acquired by it though no request of it holds
+    # the job and its message is gone: what an acquire whose reply was lost leaves behind
+    # once the redelivered copy was skipped as busy
+    workers("w1", extra_env=LEASE_ENV)
+    [instance] = client.zrange(KEYS.workers, 0, -1)
+    message = {"task": "ops.touch", "args": [], "kwargs": {"seconds": 0}, "queue": "celery"}
+    lost = Delivery("job-u", "touch", "celery", "tag-gone", message, enqueued_at_ms=1)
+    assert isinstance(JobStore(client, KEYS).acquire(lost, instance, os.getpid()), Acquired)
+
+    # Then the worker's claim audit hands it back, publishes it again, and it runs once
+    rec = final(client, "job-u", 15)
+    assert rec["state"] == "succeeded" and rec["recoveries"] == "1"
+    assert client.hget(KEYS.stats, "unheld_recovered") == "1"
+    assert client.hget(KEYS.stats, "reaper_republished") == "1"
+    assert touches(client, "job-u") == 1
+    assert [r["job_id"] for r in reports(client)] == ["job-u"]
 
 
 @pytest.mark.parametrize(

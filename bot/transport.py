@@ -1,0 +1,139 @@
+"""bot's kombu transport: kombu's Redis transport without the window in which it drops a message.
+
+Observed in kombu 5.7 (pinned by tests/integration/test_transport.py): a consumer takes a
+message off its queue with BRPOP, then records it as unacked (ZADD `unacked_index` + HSET
+`unacked`) in a second round trip. When Redis goes away between the two (a restart, a
+failover, a network cut), that write raises, the message is in no queue and no unacked hash,
+and kombu forgets it: Celery never sees it and nothing will ever deliver it again.
+
+Here `QoS.append` keeps such a message in this process's memory ("stranded") and re-raises,
+so Celery reconnects exactly as before; every channel this process opens afterwards first
+puts the stranded messages back at the head of their queue, with kombu's own restore (RPUSH,
+the end BRPOP takes next; `redelivered` set). Should the unacked write have reached Redis
+after all, the message now exists twice: harmless, a job's acquire is fenced and the second
+delivery is acked without running (bot/lua/acquire.lua).
+
+Not covered: the process dying inside that same window (kill -9 between the two round trips),
+or exiting while Redis stays unreachable (the stranded messages are logged at exit). Closing
+that for good needs a blocking pop that records in the same step, which Redis offers for one
+source list (BLMOVE) but not for the several priority lists kombu reads at once.
+
+Used for `redis://` and `rediss://` broker URLs (config/celery_config.py); everything else is
+kombu's transport unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import logging
+import threading
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+logger = logging.getLogger(__name__)
+
+#: The value of Celery's `broker_transport` setting that selects this module.
+TRANSPORT = "bot.transport:Transport"
+
+
+class StrandedMessages:
+    """Messages this process took off a queue but could not record as unacked."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._messages: list[tuple[dict[str, Any], str, str]] = []
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._messages)
+
+    def keep(self, payload: dict[str, Any], exchange: str, routing_key: str) -> None:
+        with self._lock:
+            self._messages.append((copy.deepcopy(payload), exchange, routing_key))
+
+    def job_ids(self) -> list[str]:
+        with self._lock:
+            return [str(p.get("headers", {}).get("id", "?")) for p, _, _ in self._messages]
+
+    def put_back(self, channel: Any) -> int:
+        """Push every stranded message back at the head of its queue through `channel`, in one
+        MULTI/EXEC; on failure they stay stranded (and the error propagates)."""
+        with self._lock:
+            pending, self._messages = self._messages, []
+        if not pending:
+            return 0
+        try:
+            with channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                # Each restore goes to the head: the last one pushed is taken first, so push
+                # in reverse to keep the order in which they were taken.
+                for payload, exchange, routing_key in reversed(pending):
+                    channel._do_restore_message(payload, exchange, routing_key, pipe, False)
+                pipe.execute()
+        except BaseException:
+            with self._lock:
+                self._messages[:0] = pending
+            raise
+        return len(pending)
+
+
+#: This process's stranded messages (the worker's consumer runs in its main process).
+STRANDED = StrandedMessages()
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's QoS; a message whose unacked write fails is stranded instead of forgotten."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except self.channel.connection_errors:
+            info = message.delivery_info
+            STRANDED.keep(message._raw, info["exchange"], info["routing_key"])
+            logger.warning(
+                "message %s taken off %r but Redis went away before it was recorded as "
+                "unacked; kept in memory, put back on reconnect",
+                delivery_tag,
+                info["routing_key"],
+            )
+            raise
+
+
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel; a new one first puts this process's stranded messages back."""
+
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if len(STRANDED):
+            self._put_back_stranded()
+
+    def _put_back_stranded(self) -> None:
+        try:
+            count = STRANDED.put_back(self)
+        except self.connection_errors as exc:
+            logger.warning("stranded messages not put back yet (%s); next connection", exc)
+            return
+        logger.warning("put %d stranded message(s) back at the head of their queue", count)
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with `Channel` above."""
+
+    Channel = Channel
+
+
+def _report_stranded_at_exit() -> None:
+    if len(STRANDED):
+        logger.error(
+            "exiting with %d message(s) taken off Redis and never put back (Redis unreachable "
+            "since): jobs %s",
+            len(STRANDED),
+            ", ".join(STRANDED.job_ids()),
+        )
+
+
+atexit.register(_report_stranded_at_exit)

@@ -1,0 +1,135 @@
+"""bot.transport against a real redis-server that stops between BRPOP and the unacked write.
+
+The fault is put exactly in the window: kombu's own `QoS.append` (the unacked write) is wrapped
+so that redis-server is stopped just before it runs. With kombu's transport the message is then
+gone for good (pinned: an upgrade that fixes kombu shows up here); with bot's it is back at the
+head of its queue as soon as the process connects again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from kombu.exceptions import OperationalError
+from kombu.transport import redis as kombu_redis
+
+from bot.transport import STRANDED, TRANSPORT
+from tests.support.redis_server import RedisServer
+
+QUEUE = Queue("stranded-test", Exchange("stranded-test"), "stranded-test")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def outage_at_unacked_write(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Stop redis-server right after BRPOP returned, before kombu records the message."""
+    original = kombu_redis.QoS.append
+
+    def append_after_outage(self: Any, message: Any, delivery_tag: Any) -> None:
+        monkeypatch.setattr(kombu_redis.QoS, "append", original)  # once
+        server.stop()
+        original(self, message, delivery_tag)
+
+    monkeypatch.setattr(kombu_redis.QoS, "append", append_after_outage)
+    monkeypatch.setattr(STRANDED, "_messages", [])  # this test's own; the process's after
+    yield
+
+
+def publish(url: str, transport: str | None, bodies: list[dict[str, int]]) -> None:
+    with Connection(url, transport=transport) as conn:
+        producer = conn.Producer(serializer="json")
+        for body in bodies:
+            producer.publish(
+                body, exchange=QUEUE.exchange, routing_key="stranded-test", declare=[QUEUE]
+            )
+
+
+def open_channel(url: str, transport: str | None) -> bool:
+    """Connect and open a channel, as Celery does when it reconnects."""
+    with Connection(url, transport=transport, connect_timeout=1) as conn:
+        return conn.default_channel is not None
+
+
+def consume_one(url: str, transport: str | None) -> list[Any]:
+    """Consume with a consumer that acks; returns what reached the callback (maybe nothing)."""
+    received: list[Any] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        received.append(body)
+        message.ack()
+
+    with (
+        Connection(url, transport=transport) as conn,
+        conn.Consumer(QUEUE, callbacks=[on_message], accept=["json"]),
+        contextlib.suppress(*conn.connection_errors),
+    ):
+        conn.drain_events(timeout=5)
+    return received
+
+
+def test_kombu_loses_a_message_taken_just_before_redis_went_away(
+    server: RedisServer, outage_at_unacked_write: None
+) -> None:
+    # Given one message on a queue and kombu's own Redis transport
+    publish(server.url(), None, [{"n": 1}])
+
+    # When Redis goes away after BRPOP and before the unacked write, then comes back
+    received = consume_one(server.url(), None)
+    server.start()
+    assert open_channel(server.url(), None)
+
+    # Then the message is nowhere: not delivered, not queued, not unacked (kombu 5.7)
+    client = server.client()
+    assert received == []
+    assert client.llen("stranded-test") == 0
+    assert client.hlen("unacked") == 0
+
+
+def test_bot_transport_puts_that_message_back_at_the_head_of_its_queue(
+    server: RedisServer, outage_at_unacked_write: None
+) -> None:
+    # Given two messages on a queue and bot's transport
+    publish(server.url(), TRANSPORT, [{"n": 1}, {"n": 2}])
+
+    # When Redis goes away after the first BRPOP and before its unacked write
+    received = consume_one(server.url(), TRANSPORT)
+    assert received == []
+    assert len(STRANDED) == 1
+    server.start()
+    assert open_channel(server.url(), TRANSPORT)  # the first new channel puts it back
+
+    # Then it is back, at the head: it is delivered first, marked redelivered
+    assert len(STRANDED) == 0
+    assert server.client().llen("stranded-test") == 2
+    assert consume_one(server.url(), TRANSPORT) == [{"n": 1}]
+    assert consume_one(server.url(), TRANSPORT) == [{"n": 2}]
+
+
+def test_stranded_messages_wait_while_redis_is_still_away(
+    server: RedisServer, outage_at_unacked_write: None
+) -> None:
+    # Given a message stranded by an outage
+    publish(server.url(), TRANSPORT, [{"n": 7}])
+    consume_one(server.url(), TRANSPORT)
+    assert len(STRANDED) == 1
+
+    # When a channel cannot be opened yet, they stay; once it can, they go back
+    with pytest.raises(OperationalError):
+        open_channel(server.url(), TRANSPORT)
+    assert len(STRANDED) == 1
+    server.start()
+    assert open_channel(server.url(), TRANSPORT)
+    assert len(STRANDED) == 0
+    assert consume_one(server.url(), TRANSPORT) == [{"n": 7}]
