@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -98,10 +99,13 @@ def acquire_or_requeue(task: OpTask, delivery: Delivery) -> Acquired | Skipped:
     settings = task.app.settings
     breaker = RUNTIME.acquire_breaker
     problem = "acquire breaker open"
+    claim = uuid.uuid4().hex  # one per attempt: a call repeated after a lost reply is safe
     for attempt in range(ACQUIRE_ATTEMPTS):
         if breaker.allow():
             try:
-                verdict = task.app.job_store().acquire(delivery, RUNTIME.owner(), os.getpid())
+                verdict = task.app.job_store().acquire(
+                    delivery, RUNTIME.owner(), os.getpid(), claim
+                )
             except REDIS_ERRORS as exc:
                 breaker.record_failure()
                 problem = f"{type(exc).__name__}: {exc}"

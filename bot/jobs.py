@@ -93,10 +93,13 @@ class JobStore:
     def read(self, job_id: str) -> dict[str, str]:
         return self.client.hgetall(self.keys.job(job_id))  # type: ignore[return-value]
 
-    def acquire(self, delivery: Delivery, owner: str, pid: int) -> Acquired | Skipped:
+    def acquire(
+        self, delivery: Delivery, owner: str, pid: int, claim: str = ""
+    ) -> Acquired | Skipped:
         """Take the job, or say why this delivery must not run. One round trip for a job that
         nobody owns yet (the common case); a second one when it has an owner, whose lease key
-        the script needs in KEYS (it reports the owner it found)."""
+        the script needs in KEYS (it reports the owner it found). `claim` names the caller's
+        attempt: calling again with it after a Redis error is safe (see acquire.lua)."""
         seen = ("", "0", "")  # owner, fence, pid: optimistically, a job nobody owns yet
         for _ in range(_ACQUIRE_READ_ATTEMPTS):
             reply = self._acquire(
@@ -106,7 +109,7 @@ class JobStore:
                     self.keys.lease(seen[0] or owner),
                     self.keys.stats,
                 ],
-                args=self._acquire_args(delivery, owner, pid, seen),
+                args=[*self._acquire_args(delivery, owner, pid, seen), claim],
             )
             verdict = reply[0]
             if verdict == "acquired":

@@ -16,6 +16,10 @@ ARGV[9]  message JSON needed to publish the job again
 ARGV[10] pid of the process that will run the op
 ARGV[11] '1' when the recorded owner is this instance but its recorded process is dead
 ARGV[12] enqueued_at (ms) from the message headers ('' if unknown)
+ARGV[13] claim: a token unique to the caller's attempt ('' for none). When the job already
+         runs under this owner with this claim, an earlier call of the same attempt went
+         through and only its reply was lost (Redis went away): it is answered 'acquired'
+         again, with what that call wrote, instead of 'busy'.
 
 Returns one of
   {'retry', owner, fence, pid}    not the expected owner/fence: call again with these
@@ -34,6 +38,14 @@ if state == 'succeeded' or state == 'failed' or state == 'rejected' or state == 
   redis.call('HINCRBY', KEYS[4], 'duplicates_skipped', 1)
   return {'duplicate', state}
 end
+if state == 'running' and owner == ARGV[2] and ARGV[13] ~= '' then
+  local mine = redis.call('HMGET', job, 'claim', 'attempts', 'recoveries', 'enqueued_at',
+    'started_at')
+  if mine[1] == ARGV[13] then
+    return {'acquired', tonumber(fence), tonumber(mine[2]), tonumber(mine[3]), mine[4] or '',
+      mine[5]}
+  end
+end
 if state == 'running' then
   local owner_alive = redis.call('EXISTS', KEYS[3]) == 1
   local own_dead_process = owner == ARGV[2] and ARGV[11] == '1'
@@ -50,7 +62,7 @@ local attempts = redis.call('HINCRBY', job, 'attempts', 1)
 redis.call('HSET', job,
   'job_id', ARGV[1], 'state', 'running', 'owner', ARGV[2], 'pid', ARGV[10],
   'op', ARGV[6], 'queue', ARGV[7], 'delivery_tag', ARGV[8], 'message', ARGV[9],
-  'started_at', ARGV[5], 'updated_at', ARGV[5])
+  'started_at', ARGV[5], 'updated_at', ARGV[5], 'claim', ARGV[13])
 if ARGV[12] ~= '' then
   redis.call('HSETNX', job, 'enqueued_at', ARGV[12])
 end

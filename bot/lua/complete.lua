@@ -19,9 +19,15 @@ ARGV[11..] metrics fields to count one each (outcome by op, duration bucket by o
 
 Returns {1, outbox entry id ('' when not final)} or {0} when the fence or owner no longer
 match: the job was recovered elsewhere, this outcome is discarded and counted as lease_lost.
+Idempotent: the same owner, fence and state again (a retry after a lost reply) returns what
+the first call wrote and writes nothing.
 ]]
 local job = KEYS[1]
-local cur = redis.call('HMGET', job, 'owner', 'fence', 'state')
+local cur = redis.call('HMGET', job, 'owner', 'fence', 'state', 'report_id')
+if cur[1] == ARGV[2] and cur[2] == ARGV[3] and cur[3] == ARGV[4] then
+  -- this very outcome is recorded already: the caller retries after the reply was lost
+  return {1, cur[4] or ''}
+end
 if cur[1] ~= ARGV[2] or cur[2] ~= ARGV[3] or cur[3] ~= 'running' then
   redis.call('HINCRBY', KEYS[4], 'lease_lost', 1)
   return {0}

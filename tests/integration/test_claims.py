@@ -38,7 +38,8 @@ class Audit:
             owner=lambda: OWNER,
             held_job_ids=lambda: held,
             put_back=self.put_back.append,
-            clock_ms=(lambda: clock_ms) if clock_ms is not None else now_ms,
+            # By default the audit's snapshot comes a second after the acquires above it.
+            clock_ms=lambda: clock_ms if clock_ms is not None else now_ms() + 1000,
         )
 
     def run(self) -> list[str]:

@@ -106,6 +106,43 @@ def test_stale_owner_cannot_complete_after_a_takeover(store: JobStore, client: r
     assert outbox_job_ids(client) == ["job-1"]
 
 
+def test_acquire_repeated_by_the_same_attempt_after_a_lost_reply_is_acquired(
+    store: JobStore, client: redis.Redis
+):
+    # Given an acquire that went through in Redis though its caller saw an error
+    alive(client, "A")
+    first = store.acquire(delivery(), "A", 11, claim="attempt-1")
+    assert isinstance(first, Acquired)
+
+    # When the same attempt calls again, it is acquired: same fence, nothing counted twice
+    again = store.acquire(delivery(), "A", 11, claim="attempt-1")
+    assert again == first
+    assert store.read("job-1")["attempts"] == "1"
+    # while another attempt of the same worker, or another worker, is told the job is busy
+    other_attempt = store.acquire(delivery(), "A", 12, claim="attempt-2")
+    other_worker = store.acquire(delivery(), "B", 13, claim="attempt-1")
+    assert isinstance(other_attempt, Skipped) and other_attempt.reason == "busy"
+    assert isinstance(other_worker, Skipped) and other_worker.reason == "busy"
+    assert client.hget(KEYS.stats, "duplicates_skipped") == "2"
+
+
+def test_complete_retried_after_a_lost_reply_records_once(store: JobStore, client: redis.Redis):
+    # Given an attempt whose complete ran in Redis though its reply never reached the caller
+    fence = acquire(store, "worker-a").fence
+    entry = complete(store, "worker-a", fence)
+
+    # When the caller records the same outcome again
+    again = complete(store, "worker-a", fence)
+
+    # Then it is told it succeeded, with the same outbox entry: one report, no lease_lost
+    assert again == entry and entry
+    assert outbox_job_ids(client) == ["job-1"]
+    assert client.hget(KEYS.stats, "lease_lost") is None
+    # and a different outcome under the same fence is still refused
+    assert complete(store, "worker-a", fence, state="failed") is None
+    assert client.hget(KEYS.stats, "lease_lost") == "1"
+
+
 def test_duplicate_of_an_ended_job_is_skipped_and_the_outcome_readable(
     store: JobStore, client: redis.Redis
 ):

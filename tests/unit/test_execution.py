@@ -23,9 +23,11 @@ class Store:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls = 0
+        self.claims: list[str] = []
 
-    def acquire(self, delivery: Delivery, owner: str, pid: int) -> Acquired:
+    def acquire(self, delivery: Delivery, owner: str, pid: int, claim: str) -> Acquired:
         self.calls += 1
+        self.claims.append(claim)
         if self.calls <= self.failures:
             raise redis.ConnectionError("redis is down")
         return Acquired(1, 1, 0, None, 0)
@@ -50,6 +52,8 @@ def test_a_passing_redis_error_is_retried(fresh_breaker: CircuitBreaker) -> None
 
     assert isinstance(verdict, Acquired)
     assert store.calls == 2
+    # the retry names the same attempt, so an earlier call that did go through counts
+    assert len(set(store.claims)) == 1 and store.claims[0]
     assert fresh_breaker.state is BreakerState.CLOSED
 
 
