@@ -156,7 +156,7 @@ def test_a_live_relay_in_backoff_is_not_claimed_from(
     client = redis_server.client()
     a = relays("a", retry_base_delay=30.0, retry_max_delay=30.0, breaker_threshold=100)
     append(client, 3)
-    wait_for(lambda: a.snapshot()["failed"] == 3, 10, "A's first failures")
+    wait_for(lambda: a.snapshot()["failed"] >= 3, 10, "A's first failures")
 
     # When relay B runs with a claim idle time of 1 s for 2 s
     b = relays("b", claim_idle_ms=1000)
