@@ -67,16 +67,30 @@ class Attempt:
         self, status: str, *, result: Any = None, error: BaseException | None = None
     ) -> bool:
         """Record a final outcome and its report. False when the lease was lost."""
-        report = self.report(status, result, error_of(error) if error else None)
-        detail = (
-            {"result": result} if report.error is None else {"error": report.error.model_dump()}
-        )
-        entry = self._record(self._outcome(status, detail, report.model_dump_json()))
+        entry = self._record(self._final_outcome(status, result, error))
         if entry is None:
             logger.warning("job %s: lease lost, outcome %s discarded", self.job_id, status)
             return False
         logger.debug("job %s %s (report %s)", self.job_id, status, entry)
         return True
+
+    def finish_once(
+        self, status: str, *, result: Any = None, error: BaseException | None = None
+    ) -> bool:
+        """`finish()` in one try, for a caller that must not wait (the worker main process):
+        a Redis error propagates instead of being waited out. False when the lease was lost."""
+        outcome = self._final_outcome(status, result, error)
+        entry = self.app.job_store().complete(
+            self.job_id, self.owner, self.acquired.fence, outcome, self.app.settings.job_ttl
+        )
+        return entry is not None
+
+    def _final_outcome(self, status: str, result: Any, error: BaseException | None) -> Outcome:
+        report = self.report(status, result, error_of(error) if error else None)
+        detail = (
+            {"result": result} if report.error is None else {"error": report.error.model_dump()}
+        )
+        return self._outcome(status, detail, report.model_dump_json())
 
     def record_retrying(self, exc: BaseException, countdown_s: float) -> bool:
         detail = {"error": error_of(exc).model_dump(), "retry_in_s": round(countdown_s, 3)}

@@ -1,4 +1,4 @@
-"""Recovery when only a pool child dies: the worker main process hands the job back first.
+"""When only a pool child dies: the worker main process settles the job before Celery acts.
 
 Celery (acks_late + reject_on_worker_lost) requeues the message of a task whose pool child
 died, and any worker may get it next. Left alone, the job record still says `running` under
@@ -9,19 +9,29 @@ on the job (fenced on this owner, the dead child's pid and the fence): `queued`,
 `run_op` ends it `dead` past BOT_MAX_RECOVERIES: a job that kills its child every time
 (Celery alone requeues it forever) stops after the bound.
 
+A child killed by a hard time limit (`time_limit`) is different: Celery marks the task failed
+and acks its message. `OpRequest.on_timeout` ends the job `failed` first (TimeLimitExceeded,
+with its report, fenced on this owner, the child's pid and the fence), so it is not left
+`running` under this live worker. If Redis is unreachable at that moment, the worker's claim
+audit (bot/claims.py) hands the job back later instead, and it runs again.
+
 `OpTask.Request` names this class (Celery's documented custom-request hook).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Any
 
 import redis
 from billiard.einfo import ExceptionWithTraceback
-from billiard.exceptions import WorkerLostError
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
+from bot.attempt import Attempt
+from bot.jobs import Acquired, Delivery, now_ms
 from bot.reaper import CHILD_LOST_COUNTER, reap_job
 from bot.runtime import RUNTIME
 
@@ -53,6 +63,11 @@ class OpRequest(Request):
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok
         )
 
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft:
+            end_timed_out(self.task.app, self.id, self.worker_pid, timeout)
+        super().on_timeout(soft, timeout)
+
 
 def hand_back(app: Any, job_id: str, pid: int | None) -> bool:
     """Mark `job_id` queued (recoveries + 1) if this instance's child `pid` was running it."""
@@ -75,3 +90,53 @@ def hand_back(app: Any, job_id: str, pid: int | None) -> bool:
             requeued.recoveries,
         )
     return requeued is not None
+
+
+def end_timed_out(app: Any, job_id: str, pid: int | None, timeout: float) -> bool:
+    """End `job_id` `failed` (TimeLimitExceeded, with its report) if this instance's child
+    `pid` was running it. One try: this runs in the main process, which must not wait."""
+    if pid is None or not hasattr(app, "job_store"):
+        return False
+    try:
+        attempt = _attempt_from_record(app, job_id, app.job_store().read(job_id), pid)
+        if attempt is None:
+            return False
+        error = TimeLimitExceeded(f"hard time limit ({timeout}s) exceeded; pool child killed")
+        ended = attempt.finish_once("failed", error=error)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        logger.error("job %s: hard time limit hit and Redis unreachable (%s)", job_id, exc)
+        return False
+    if ended:
+        logger.warning("job %s: failed, hard time limit (%ss) exceeded", job_id, timeout)
+    return ended
+
+
+def _attempt_from_record(app: Any, job_id: str, record: dict[str, str], pid: int) -> Attempt | None:
+    """The attempt the record describes, if it runs under this instance in process `pid`."""
+    owner = RUNTIME.owner()
+    if (record.get("state"), record.get("owner"), record.get("pid")) != (
+        "running",
+        owner,
+        str(pid),
+    ):
+        return None
+    enqueued = int(record["enqueued_at"]) if record.get("enqueued_at") else None
+    started = int(record.get("started_at") or now_ms())
+    delivery = Delivery(
+        job_id,
+        record.get("op", ""),
+        record.get("queue", ""),
+        record.get("delivery_tag", ""),
+        json.loads(record.get("message") or "{}"),
+        enqueued,
+    )
+    acquired = Acquired(
+        int(record.get("fence") or 0),
+        int(record.get("attempts") or 0),
+        int(record.get("recoveries") or 0),
+        enqueued,
+        started,
+    )
+    # The attempt began when it was acquired: its report's duration counts from there.
+    began = time.monotonic() - max(0, now_ms() - started) / 1000
+    return Attempt(app, delivery, acquired, owner, started_monotonic=began)

@@ -161,6 +161,30 @@ def test_a_job_a_live_worker_claims_but_does_not_hold_runs_again(workers, client
     assert [r["job_id"] for r in reports(client)] == ["job-u"]
 
 
+def test_a_job_over_its_hard_time_limit_fails_once_with_a_report(workers, bot_app, client):
+    # Given a worker, and a 6 s job sent with a hard time limit of 1 s
+    worker = workers("w1", extra_env=LEASE_ENV)
+    kwargs = {"seconds": 6, "steps": 6}
+    bot_app.send_task("ops.touch", kwargs=kwargs, task_id="job-t", time_limit=1)
+
+    # Then its pool child is killed and the job ends failed, once, with one report
+    rec = final(client, "job-t", 20)
+    assert rec["state"] == "failed" and rec["recoveries"] == "0"
+    assert json.loads(rec["outcome"])["error"]["type"] == "TimeLimitExceeded"
+    [report] = reports(client)
+    assert (report["job_id"], report["status"]) == ("job-t", "failed")
+    assert report["error"]["type"] == "TimeLimitExceeded"
+    assert 900 <= report["duration_ms"] < 6000
+    # and it does not run again: not recovered by the claim audit, not redelivered
+    time.sleep(3 * REAPER_S + LEASE_TTL_S)
+    assert touches(client, "job-t") == 1
+    assert record(client, "job-t")["state"] == "failed"
+    assert not client.hget(KEYS.stats, "unheld_recovered")
+    assert worker.alive()
+    submit(bot_app, "touch", "job-next", seconds=0)
+    assert final(client, "job-next", 20)["state"] == "succeeded"
+
+
 @pytest.mark.parametrize(
     ("seconds", "countdown"), [(15, None), (1, 12)], ids=["15s-job", "12s-countdown"]
 )
