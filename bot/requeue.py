@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -57,15 +58,27 @@ class BrokerRequeue:
         return self._connection.default_channel
 
     def restore(self, tag: str) -> bool:
+        """kombu's `QoS.restore_by_tag`, step for step (one WATCH/MULTI transaction on the
+        unacked hash), except that it tells whether there was anything to put back: kombu's
+        returns nothing, and an entry acked between a separate check and its transaction would
+        be counted as restored while nothing was pushed, and the job left with no message."""
         channel = self._channel()
+        found = False
+
+        def put_back(pipe: Any) -> None:
+            nonlocal found
+            raw = pipe.hget(channel.unacked_key, tag)
+            pipe.multi()
+            channel.qos._remove_from_indices(tag, pipe)
+            found = raw is not None
+            if found:
+                payload, exchange, routing_key = loads(bytes_to_str(raw))
+                # leftmost=False: RPUSH, the end BRPOP takes next (the head of the queue).
+                channel._do_restore_message(payload, exchange, routing_key, pipe, False)
+
         with channel.conn_or_acquire() as client:
-            if client.hget(channel.unacked_key, tag) is None:
-                return False
-        # restore_by_tag re-reads the entry under WATCH: if it went meanwhile (acked, or put
-        # back by kombu's own sweep) nothing is pushed twice. leftmost=False: RPUSH, the end
-        # BRPOP takes next, i.e. the head of the queue.
-        channel.qos.restore_by_tag(tag, leftmost=False)
-        return True
+            client.transaction(put_back, channel.unacked_key)
+        return found
 
     def republish(self, job_id: str, message: dict[str, Any]) -> None:
         self.app.send_task(
