@@ -128,6 +128,8 @@ class Reaper:
         self._connected_since: float | None = None
         self._last_pass: float | None = None
         self._run_id: str | None = None
+        #: Jobs handed back whose message could not be put back yet (oldest first).
+        self._owed: list[Requeued] = []
 
     @classmethod
     def for_app(cls, app: BotApp, *, orphan_sweep: bool = True) -> Reaper:
@@ -151,6 +153,7 @@ class Reaper:
     def run_once(self) -> bool:
         """One pass. True when this reaper held the lock and judged the fleet."""
         try:
+            self.put_back_owed()
             if not self._settled():
                 return False
             token = uuid.uuid4().hex
@@ -226,7 +229,24 @@ class Reaper:
                 logger.warning("reaper: instance %s is dead; forgotten", instance)
 
     def put_back(self, requeued: Requeued) -> None:
-        """The job's very message back at the head of its queue, or published again."""
+        """The job's very message back at the head of its queue, or published again. The job
+        is `queued` already: if the broker fails here, the put-back is owed and tried first
+        thing in every later pass until it goes through (else the job would wait forever)."""
+        try:
+            self._put_back_now(requeued)
+        except CONNECTION_ERRORS:
+            self._owed.append(requeued)
+            logger.warning(
+                "job %s: handed back; its message goes back once Redis answers", requeued.job_id
+            )
+            raise
+
+    def put_back_owed(self) -> None:
+        while self._owed:
+            self._put_back_now(self._owed[0])
+            self._owed.pop(0)
+
+    def _put_back_now(self, requeued: Requeued) -> None:
         if requeued.delivery_tag and self.requeue.restore(requeued.delivery_tag):
             self._count("restored", "reaper_restored")
         elif requeued.message:

@@ -26,6 +26,7 @@ class FakeRequeue:
         self.republished: list[tuple[str, dict[str, Any]]] = []
         self.stale: list[str] = []
         self.resets = 0
+        self.down = False
 
     def restore(self, tag: str) -> bool:
         if tag not in self.unacked:
@@ -35,6 +36,8 @@ class FakeRequeue:
         return True
 
     def republish(self, job_id: str, message: dict[str, Any]) -> None:
+        if self.down:
+            raise redis.ConnectionError("broker unreachable")
         self.republished.append((job_id, message))
 
     def stale_tags(self, older_than_s: float) -> list[str]:
@@ -176,6 +179,25 @@ def test_job_whose_unacked_entry_is_gone_is_published_again(client, broker, cloc
     assert broker.republished == [("j1", message)]
     assert reaper.snapshot()["republished"] == 1
     assert client.hget(KEYS.stats, "reaper_republished") == "1"
+
+
+def test_a_put_back_the_broker_refused_is_owed_until_it_goes_through(client, broker, clock):
+    # Given a dead instance's job, and a broker that fails just as it is to be published again
+    register(client, "dead", alive=False)
+    message = running_job(client, "j1", "dead", tag="t-gone")
+    reaper = make_reaper(client, broker, clock)
+    settle(reaper, clock)
+    broker.down = True
+    # When a pass hands the job back but cannot put its message back
+    assert reaper.run_once() is False
+    assert client.hget(KEYS.job("j1"), "state") == "queued"
+    assert broker.republished == []
+    # Then the next pass, the broker back, publishes it first thing (before any waiting)
+    broker.down = False
+    reaper.run_once()
+    assert broker.republished == [("j1", message)]
+    reaper.run_once()
+    assert broker.republished == [("j1", message)]  # once
 
 
 def test_stale_inflight_entries_are_dropped_without_touching_the_job(client, broker, clock):
