@@ -14,21 +14,25 @@ claims, every BOT_REAPER_INTERVAL in the reaper's thread:
    (`celery.worker.state.requests`: reserved, scheduled and running);
 2. read this instance's in-flight set; for each job id in it that is not held, read the
    record's `fence` and `started_at`;
-3. a job whose attempt started before t0 is handed back: `reap.lua` fenced on that fence
-   (`queued`, recoveries + 1, counter `unheld_recovered`), then its message is put back like
-   the reaper does it (restore the unacked entry, or publish again from the record).
+3. a job whose attempt started before t0, found so on two passes in a row at the same fence,
+   is handed back: `reap.lua` fenced on that fence (`queued`, recoveries + 1, counter
+   `unheld_recovered`), then its message is put back like the reaper does it (restore the
+   unacked entry, or publish again from the record).
 Why "started before t0" is safe: the main process holds a request from its delivery until
 after its outcome is recorded (Celery's `task_ready` runs once the pool child has returned,
 and the complete script leaves the in-flight set first), and acquire runs in between. So a job
 acquired before t0 that still runs was held at t0; one acquired after t0 is not judged this
-pass. The fence makes a job acquired again meanwhile a no-op.
+pass. The fence makes a job acquired again meanwhile a no-op. Two passes, because Celery
+itself lets go of a request for a moment: when the broker connection closes, the consumer
+drops the requests that are not yet accepted by a pool child from `requests`, and a child's
+acceptance can reach the main process after the child has already acquired the job.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -53,6 +57,8 @@ class ClaimAudit:
     put_back: Callable[[Requeued], None]
     clock_ms: Callable[[], int] = now_ms
     handed_back: int = 0
+    #: (job id, fence) found unheld by the previous pass.
+    suspects: set[tuple[str, str]] = field(default_factory=set)
 
     def run_once(self) -> list[str]:
         try:
@@ -68,26 +74,31 @@ class ClaimAudit:
         claimed: set[str] = self.client.smembers(self.keys.inflight(owner))  # type: ignore[assignment]
         unheld = sorted(claimed - held)
         if not unheld:
+            self.suspects = set()
             return []
         pipe = self.client.pipeline(transaction=False)
         for job_id in unheld:
             pipe.hmget(self.keys.job(job_id), "fence", "started_at")
-        handed: list[str] = []
+        suspects, previous = set(), self.suspects
         for job_id, (fence, started_at) in zip(unheld, pipe.execute(), strict=True):
-            if started_at is not None and int(started_at) >= t0:
-                continue  # acquired after the snapshot: judged next pass
-            requeued = reap_job(
-                self.client, self.keys, job_id, owner, UNHELD_COUNTER, fence=fence or "0"
-            )
-            if requeued is None:
-                continue  # ended, or taken again, since it was read
-            self.handed_back += 1
-            handed.append(job_id)
-            logger.warning(
-                "job %s: recorded as running here but held by no request; handed back "
-                "(recovery %d)",
-                job_id,
-                requeued.recoveries,
-            )
-            self.put_back(requeued)
-        return handed
+            if started_at is None or int(started_at) < t0:  # else acquired after the snapshot
+                suspects.add((job_id, str(fence or "0")))
+        self.suspects = suspects - previous
+        return [
+            job_id
+            for job_id, fence in sorted(suspects & previous)
+            if self._hand_back(job_id, fence, owner)
+        ]
+
+    def _hand_back(self, job_id: str, fence: str, owner: str) -> bool:
+        requeued = reap_job(self.client, self.keys, job_id, owner, UNHELD_COUNTER, fence=fence)
+        if requeued is None:
+            return False  # ended, or taken again, since it was read
+        self.handed_back += 1
+        logger.warning(
+            "job %s: recorded as running here but held by no request; handed back (recovery %d)",
+            job_id,
+            requeued.recoveries,
+        )
+        self.put_back(requeued)
+        return True
