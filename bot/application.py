@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
+from bot import transport
 from bot.discovery import discover_ops
 from bot.execution import ENQUEUED_AT_HEADER, OpTask, reject_unknown_op, run_op
 from bot.jobs import JobStore, now_ms
@@ -65,6 +66,7 @@ def register_op(app: BotApp, spec: OpSpec) -> None:
 def create_app(settings: Settings, *, fleet: bool = True, **kwargs: Any) -> BotApp:
     """A configured app with every discovered op registered (and the fleet step installed)."""
     discover_ops(settings.ops_modules)
+    transport.install()  # redis:// and rediss:// through bot's kombu transport
     app = BotApp(settings, **kwargs)
     for spec in REGISTRY:
         register_op(app, spec)

@@ -37,10 +37,14 @@ class Child:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def terminate(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         if not self.alive():
             return
-        self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -162,7 +166,12 @@ class LocalFleet:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        for child in reversed(self.children):
+        """SIGTERM to Flower and the worker at once (each stops on its own; the worker drains
+        its jobs), wait for them, and only then stop Redis, which the worker needs to drain."""
+        users = [child for child in self.children if child.name != "redis"]
+        for child in users:
+            child.terminate()
+        for child in [*users, *(c for c in self.children if c.name == "redis")]:
             child.stop()
         self.children.clear()
 

@@ -18,8 +18,13 @@ or exiting while Redis stays unreachable (the stranded messages are logged at ex
 that for good needs a blocking pop that records in the same step, which Redis offers for one
 source list (BLMOVE) but not for the several priority lists kombu reads at once.
 
-Used for `redis://` and `rediss://` broker URLs (config/celery_config.py); everything else is
-kombu's transport unchanged.
+A second, smaller repair: restoring unacked messages on a channel whose transport was
+already detached crashed the worker (see `QoS.restore_unacked_once`).
+
+`install()` (called by `bot.application.create_app`) makes kombu resolve `redis://` and
+`rediss://` to this transport in the process, through kombu's transport alias table. Not
+Celery's `broker_transport` setting: that would also rename the URL scheme kombu reports
+(`as_uri()`), and Flower picks its broker client (queue lengths) by that scheme.
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ import logging
 import threading
 from typing import Any
 
+import kombu.transport
 from kombu.transport import redis as kombu_redis
 
 logger = logging.getLogger(__name__)
 
-#: The value of Celery's `broker_transport` setting that selects this module.
+#: This transport, as kombu names transports.
 TRANSPORT = "bot.transport:Transport"
+#: URL schemes that resolve to it once installed (both are kombu's Redis transport otherwise).
+SCHEMES = ("redis", "rediss")
 
 
 class StrandedMessages:
@@ -100,6 +108,26 @@ class QoS(kombu_redis.QoS):
             )
             raise
 
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        """kombu's restore of this channel's unacked messages at close, except on a channel
+        whose transport was already detached from its connection. Seen in a worker when Redis
+        went away (Celery 5.7 / kombu 5.7): the consumer's `collect()` detaches the transport,
+        an earlier close of the channel stopped at a Redis error, and the final close then
+        restores through the missing connection: an AttributeError that Celery treats as
+        unrecoverable, shutting the worker down. Skipped, the messages stay in Redis's unacked
+        hash, where the reaper's orphan sweep and kombu's visibility sweep put them back."""
+        if self.channel.connection is not None and self.channel.connection.client is None:
+            if self._delivered:
+                logger.warning(
+                    "%d unacked message(s) left in Redis for the sweeps (connection gone)",
+                    len(self._delivered),
+                )
+            self._delivered.clear()
+            # kombu's own mark on that dict: restored once, never again.
+            self._delivered.restored = True  # type: ignore[attr-defined]
+            return None
+        return super().restore_unacked_once(stderr)
+
 
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel; a new one first puts this process's stranded messages back."""
@@ -124,6 +152,14 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with `Channel` above."""
 
     Channel = Channel
+
+
+def install() -> None:
+    """Resolve `redis://` and `rediss://` URLs to this transport in this process."""
+    for scheme in SCHEMES:
+        kombu.transport.TRANSPORT_ALIASES[scheme] = TRANSPORT
+        # kombu caches the class per name; drop one resolved before this call.
+        kombu.transport._transport_cache.pop(scheme, None)
 
 
 def _report_stranded_at_exit() -> None:

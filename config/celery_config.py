@@ -9,7 +9,6 @@ instead of a hung worker (celery#10205, #10302).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from config.settings import Settings
 
@@ -20,16 +19,6 @@ REDIS_CONNECT_TIMEOUT_S = 5.0
 REDIS_HEALTH_CHECK_INTERVAL_S = 10
 
 JSON_ONLY = ["json"]
-
-#: kombu's Redis transport, plus putting back a message taken off a queue just as Redis went
-#: away (bot/transport.py). Other URL schemes keep kombu's own transport.
-BOT_TRANSPORT = "bot.transport:Transport"
-BOT_TRANSPORT_SCHEMES = ("redis", "rediss")
-
-
-def broker_transport(settings: Settings) -> str | None:
-    scheme = urlsplit(settings.redis_url).scheme
-    return BOT_TRANSPORT if scheme in BOT_TRANSPORT_SCHEMES else None
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -50,7 +39,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting bot depends on, as a plain dict for `app.conf.update`."""
     return {
         "broker_url": settings.redis_url,
-        "broker_transport": broker_transport(settings),
         "result_backend": settings.result_backend_url,
         "broker_transport_options": broker_transport_options(settings),
         "broker_connection_retry_on_startup": True,

@@ -18,9 +18,11 @@ from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
 
-from bot.transport import STRANDED, TRANSPORT
+from bot.transport import STRANDED, TRANSPORT, Transport, install
 from tests.support.redis_server import RedisServer
 
+#: kombu's own Redis transport, named so: once bot's is installed, `redis://` resolves to bot's.
+KOMBU = "kombu.transport.redis:Transport"
 QUEUE = Queue("stranded-test", Exchange("stranded-test"), "stranded-test")
 
 
@@ -83,18 +85,27 @@ def test_kombu_loses_a_message_taken_just_before_redis_went_away(
     server: RedisServer, outage_at_unacked_write: None
 ) -> None:
     # Given one message on a queue and kombu's own Redis transport
-    publish(server.url(), None, [{"n": 1}])
+    publish(server.url(), KOMBU, [{"n": 1}])
 
     # When Redis goes away after BRPOP and before the unacked write, then comes back
-    received = consume_one(server.url(), None)
+    received = consume_one(server.url(), KOMBU)
     server.start()
-    assert open_channel(server.url(), None)
+    assert open_channel(server.url(), KOMBU)
 
     # Then the message is nowhere: not delivered, not queued, not unacked (kombu 5.7)
     client = server.client()
     assert received == []
     assert client.llen("stranded-test") == 0
     assert client.hlen("unacked") == 0
+
+
+def test_installed_bot_transport_serves_redis_urls_and_keeps_their_scheme() -> None:
+    install()
+    with Connection("redis://127.0.0.1:1/0") as conn, Connection("rediss://127.0.0.1:1/0") as tls:
+        assert conn.transport_cls == "redis" and tls.transport_cls == "rediss"
+        assert type(conn.transport) is Transport and type(tls.transport) is Transport
+        # the scheme Flower reads to pick its broker client
+        assert conn.as_uri().startswith("redis://")
 
 
 def test_bot_transport_puts_that_message_back_at_the_head_of_its_queue(
@@ -133,3 +144,37 @@ def test_stranded_messages_wait_while_redis_is_still_away(
     assert open_channel(server.url(), TRANSPORT)
     assert len(STRANDED) == 0
     assert consume_one(server.url(), TRANSPORT) == [{"n": 7}]
+
+
+def restore_on_a_detached_channel(server: RedisServer, transport: str | None) -> None:
+    """The state a Celery worker's channel was seen in when Redis went away (a CI run,
+    Celery 5.7 / kombu 5.7): the consumer's `collect()` had detached the transport from its
+    connection (`client = None`) and an earlier close had stopped at a Redis error, so the
+    final close disconnects the pools and restores the unacked messages once more."""
+    publish(server.url(), transport, [{"n": 1}])
+    conn = Connection(server.url(), transport=transport)
+    held: list[Any] = []
+    consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: held.append(message)])
+    consumer.consume()
+    conn.drain_events(timeout=5)  # delivered, not acked
+    assert len(held) == 1
+    channel = conn.default_channel
+    server.stop()
+    channel._disconnect_pools()  # what the Redis channel's close() does first
+    channel.connection.client = None  # what Connection.collect() does to the transport
+    channel.qos.restore_unacked_once()  # what the virtual channel's close() does next
+
+
+def test_kombu_crashes_restoring_on_a_detached_channel(server: RedisServer) -> None:
+    # kombu 5.7 dereferences the missing connection: an AttributeError, which Celery reports
+    # as an unrecoverable error, and the worker shuts down
+    with pytest.raises(AttributeError, match="hostname"):
+        restore_on_a_detached_channel(server, KOMBU)
+
+
+def test_bot_transport_leaves_the_messages_to_the_sweeps_instead(server: RedisServer) -> None:
+    # bot's transport skips the restore: the message stays in Redis's unacked hash, which the
+    # orphan sweep (bot/reaper.py) and kombu's visibility sweep put back
+    restore_on_a_detached_channel(server, TRANSPORT)
+    server.start()
+    assert server.client().hlen("unacked") == 1
