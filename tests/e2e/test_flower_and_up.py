@@ -98,6 +98,21 @@ def test_flower_answers_404_for_an_unknown_op(flower: str) -> None:
     assert raised.value.code == 404
 
 
+def test_flower_reads_queue_lengths_through_its_redis_broker_client(
+    flower: str, workers: Callable[..., WorkerProcess]
+) -> None:
+    # Flower picks its broker client by the URL scheme kombu reports: bot's transport must
+    # leave it redis://
+    workers("w1")
+
+    def lengths() -> Any:
+        answer = http_json(f"{flower}/api/queues/length")
+        return answer["active_queues"] or None
+
+    queues = wait_for(lengths, 30, "Flower to report queue lengths")
+    assert [(q["name"], type(q["messages"])) for q in queues] == [("celery", int)]  # type: ignore[attr-defined]
+
+
 def test_bot_up_starts_redis_worker_and_flower_then_stops_them(tmp_path: Path) -> None:
     redis_port, flower_port = free_port(), free_port()
     env = bot_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path / "state")
