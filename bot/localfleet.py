@@ -182,6 +182,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run(fleet: LocalFleet) -> int:
     """Start the fleet, wait for Ctrl-C/SIGTERM or a child's death, stop everything."""
+    # Both set here: a process started in the background of a script inherits SIGINT ignored,
+    # and Python then leaves it so; `bot up` must still stop on Ctrl-C / SIGINT.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     code = 0
     try:
