@@ -26,6 +26,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server (AOF on) of this test's own, which it may stop, kill and restart without
+    disturbing any other test; stopped after the test."""
+    server = RedisServer(tmp_path / "private-redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The session server's URL, emptied before the test."""
     if redis_server.process is None:  # a fault test stopped it and failed before restarting

@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -297,31 +297,23 @@ def test_kill_9_lets_the_lease_expire_and_fleet_shows_it_dead(
 # -- Redis faults -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis-own")
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_redis_restart_degrades_and_recovers_without_a_restart(
-    own_redis: RedisServer,
+    private_redis: RedisServer,
     state_dir: Path,
     workers: Callable[..., WorkerProcess],
     make_settings: Callable[..., Any],
 ) -> None:
-    env = bot_env(own_redis.url(), state_dir, FAST)
-    client = own_redis.client()
+    env = bot_env(private_redis.url(), state_dir, FAST)
+    client = private_redis.client()
     worker = workers("w1", extra_env=env)
     instance_id = registered(client, worker)
     wait_state(client, instance_id, "READY")
 
     # When Redis is down for longer than a heartbeat (and the lease TTL)
-    own_redis.stop()
+    private_redis.stop()
     wait_for(lambda: "-> DEGRADED" in worker.log(), 10, "DEGRADED in the worker log")
     time.sleep(LEASE_TTL_S)  # the outage itself, not an assertion
-    own_redis.start()
+    private_redis.start()
 
     # Then the worker comes back to READY by itself, in the same process (the record read
     # back from the AOF still says READY until the worker rewrites it: wait for its counts)
@@ -334,7 +326,7 @@ def test_redis_restart_degrades_and_recovers_without_a_restart(
     assert worker.alive()
     assert transitions["READY->DEGRADED"] == 1  # type: ignore[index]
     # ... and jobs submitted after the recovery run
-    app = create_app(make_settings(redis_url=own_redis.url()), fleet=False)
+    app = create_app(make_settings(redis_url=private_redis.url()), fleet=False)
     try:
         submitted = Client(app).submit("sum", {"a": 2, "b": 3})
         assert app.AsyncResult(submitted.job_id).get(timeout=30) == 5

@@ -248,35 +248,32 @@ def test_relay_entry_point_needs_a_report_url(env: dict[str, str]) -> None:
 
 
 def test_redis_restarted_mid_run_loses_and_duplicates_no_report(
-    tmp_path: Path,
+    private_redis: RedisServer,
     state_dir: Path,
     workers: Callable[..., WorkerProcess],
     relays: Callable[..., RelayProcess],
     receiver: Receiver,
 ) -> None:
     # Given a private AOF redis-server, a worker and a relay on it, and 120 jobs of 50 ms each
-    server = RedisServer(tmp_path / "private-redis")
-    server.start()
+    env = bot_env(private_redis.url(), state_dir, FAST)
+    renv = {**env, "BOT_REPORT_URL": receiver.url, "BOT_REPORT_TOKEN": TOKEN}
+    workers("w1", extra_env=env, concurrency=2)
+    relays("r1", env=renv, BOT_OUTBOX_MAX_DELIVERIES="1000")
+    client = Client(create_app(Settings(redis_url=private_redis.url(), state_dir=state_dir)))
+    payload = {"failure_rate": 0, "duration_ms": 50}
+    job_ids = {client.submit("flaky", payload).job_id for _ in range(120)}
+    wait_for(lambda: len(receiver.accepted()) >= 10, 60, "reports flowing")
+
+    # When redis-server restarts (AOF) mid-run
+    private_redis.restart(down_for_s=1.0)
+
+    # Then every job ends with exactly one report, delivered exactly once
     try:
-        env = bot_env(server.url(), state_dir, FAST)
-        renv = {**env, "BOT_REPORT_URL": receiver.url, "BOT_REPORT_TOKEN": TOKEN}
-        workers("w1", extra_env=env, concurrency=2)
-        relays("r1", env=renv, BOT_OUTBOX_MAX_DELIVERIES="1000")
-        client = Client(create_app(Settings(redis_url=server.url(), state_dir=state_dir)))
-        payload = {"failure_rate": 0, "duration_ms": 50}
-        job_ids = {client.submit("flaky", payload).job_id for _ in range(120)}
-        wait_for(lambda: len(receiver.accepted()) >= 10, 60, "reports flowing")
-
-        # When redis-server restarts (AOF) mid-run
-        server.restart(down_for_s=1.0)
-
-        # Then every job ends with exactly one report, delivered exactly once
-        try:
-            wait_for(lambda: delivered_exactly(receiver, job_ids), 90, "120 reports delivered")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{diagnose(server.client(), job_ids, receiver)}") from None
-        entries = outbox_entries(server.client())
-        assert Counter(f["job_id"] for _, f in entries) == dict.fromkeys(job_ids, 1)
-        assert max(receiver.accepted_counts().values()) == 1
-    finally:
-        server.stop()
+        wait_for(lambda: delivered_exactly(receiver, job_ids), 90, "120 reports delivered")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\n{diagnose(private_redis.client(), job_ids, receiver)}"
+        ) from None
+    entries = outbox_entries(private_redis.client())
+    assert Counter(f["job_id"] for _, f in entries) == dict.fromkeys(job_ids, 1)
+    assert max(receiver.accepted_counts().values()) == 1

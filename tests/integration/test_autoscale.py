@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,11 +39,10 @@ def test_autoscaler_demand_is_reserved_plus_backlog(bot_app: BotApp) -> None:
 
 
 def test_a_dead_broker_keeps_the_last_reading(
-    make_settings: Callable[..., Any], tmp_path: Path
+    make_settings: Callable[..., Any], private_redis: RedisServer
 ) -> None:
     # A private server: stopping the session's would disturb every test after this one.
-    server = RedisServer(tmp_path / "redis")
-    server.start()
+    server = private_redis
     app = create_app(make_settings(redis_url=server.url()), fleet=False)
     try:
         app.send_task("ops.sum", kwargs={"a": 1, "b": 2})
@@ -54,5 +52,4 @@ def test_a_dead_broker_keeps_the_last_reading(
         server.stop()
         assert backlog.read() == 1
     finally:
-        server.stop()
         app.close()

@@ -200,34 +200,27 @@ def test_refused_reports_are_dead_lettered_then_replayed(
 
 
 def test_redis_restart_mid_drain_loses_and_duplicates_nothing(
-    tmp_path: Path, receiver: Receiver, state_dir: Path
+    private_redis: RedisServer, receiver: Receiver, state_dir: Path
 ) -> None:
     # Given a private AOF redis with 400 reports and a relay draining them slowly
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        append(server.client(), 400)
-        receiver.delay_s = 0.005
-        settings = Settings(
-            redis_url=server.url(), state_dir=state_dir, report_url=receiver.url, **FAST
-        )
-        relay = Relay.from_settings(
-            settings, connect(settings), HttpSink(receiver.url, TOKEN), "r1"
-        )
-        relay.start()
-        wait_for(lambda: len(receiver.accepted()) >= 50, 20, "the drain to start")
+    append(private_redis.client(), 400)
+    receiver.delay_s = 0.005
+    settings = Settings(
+        redis_url=private_redis.url(), state_dir=state_dir, report_url=receiver.url, **FAST
+    )
+    relay = Relay.from_settings(settings, connect(settings), HttpSink(receiver.url, TOKEN), "r1")
+    relay.start()
+    wait_for(lambda: len(receiver.accepted()) >= 50, 20, "the drain to start")
 
-        # When redis-server is stopped and started again (AOF) mid-drain
-        server.restart(down_for_s=1.0)
+    # When redis-server is stopped and started again (AOF) mid-drain
+    private_redis.restart(down_for_s=1.0)
 
-        # Then every report arrives, none twice, and the relay recovered by itself
-        wait_for(lambda: delivered_once(receiver, 400), 60, "400 reports after the restart")
-        relay.stop()
-        assert max(receiver.accepted_counts().values()) == 1
-        assert relay.snapshot()["redis_errors"] >= 1
-        assert Outbox(server.client(), KEYS).stats()["groups"][0]["owed"] == 0
-    finally:
-        server.stop()
+    # Then every report arrives, none twice, and the relay recovered by itself
+    wait_for(lambda: delivered_once(receiver, 400), 60, "400 reports after the restart")
+    relay.stop()
+    assert max(receiver.accepted_counts().values()) == 1
+    assert relay.snapshot()["redis_errors"] >= 1
+    assert Outbox(private_redis.client(), KEYS).stats()["groups"][0]["owed"] == 0
 
 
 def test_relay_trims_but_keeps_what_a_far_behind_group_owes(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,21 +26,15 @@ QUEUE = Queue("stranded-test", Exchange("stranded-test"), "stranded-test")
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def outage_at_unacked_write(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def outage_at_unacked_write(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     """Stop redis-server right after BRPOP returned, before kombu records the message."""
     original = kombu_redis.QoS.append
 
     def append_after_outage(self: Any, message: Any, delivery_tag: Any) -> None:
         monkeypatch.setattr(kombu_redis.QoS, "append", original)  # once
-        server.stop()
+        private_redis.stop()
         original(self, message, delivery_tag)
 
     monkeypatch.setattr(kombu_redis.QoS, "append", append_after_outage)
@@ -82,18 +75,18 @@ def consume_one(url: str, transport: str | None) -> list[Any]:
 
 
 def test_kombu_loses_a_message_taken_just_before_redis_went_away(
-    server: RedisServer, outage_at_unacked_write: None
+    private_redis: RedisServer, outage_at_unacked_write: None
 ) -> None:
     # Given one message on a queue and kombu's own Redis transport
-    publish(server.url(), KOMBU, [{"n": 1}])
+    publish(private_redis.url(), KOMBU, [{"n": 1}])
 
     # When Redis goes away after BRPOP and before the unacked write, then comes back
-    received = consume_one(server.url(), KOMBU)
-    server.start()
-    assert open_channel(server.url(), KOMBU)
+    received = consume_one(private_redis.url(), KOMBU)
+    private_redis.start()
+    assert open_channel(private_redis.url(), KOMBU)
 
     # Then the message is nowhere: not delivered, not queued, not unacked (kombu 5.7)
-    client = server.client()
+    client = private_redis.client()
     assert received == []
     assert client.llen("stranded-test") == 0
     assert client.hlen("unacked") == 0
@@ -109,72 +102,74 @@ def test_installed_bot_transport_serves_redis_urls_and_keeps_their_scheme() -> N
 
 
 def test_bot_transport_puts_that_message_back_at_the_head_of_its_queue(
-    server: RedisServer, outage_at_unacked_write: None
+    private_redis: RedisServer, outage_at_unacked_write: None
 ) -> None:
     # Given two messages on a queue and bot's transport
-    publish(server.url(), TRANSPORT, [{"n": 1}, {"n": 2}])
+    publish(private_redis.url(), TRANSPORT, [{"n": 1}, {"n": 2}])
 
     # When Redis goes away after the first BRPOP and before its unacked write
-    received = consume_one(server.url(), TRANSPORT)
+    received = consume_one(private_redis.url(), TRANSPORT)
     assert received == []
     assert len(STRANDED) == 1
-    server.start()
-    assert open_channel(server.url(), TRANSPORT)  # the first new channel puts it back
+    private_redis.start()
+    assert open_channel(private_redis.url(), TRANSPORT)  # the first new channel puts it back
 
     # Then it is back, at the head: it is delivered first, marked redelivered
     assert len(STRANDED) == 0
-    assert server.client().llen("stranded-test") == 2
-    assert consume_one(server.url(), TRANSPORT) == [{"n": 1}]
-    assert consume_one(server.url(), TRANSPORT) == [{"n": 2}]
+    assert private_redis.client().llen("stranded-test") == 2
+    assert consume_one(private_redis.url(), TRANSPORT) == [{"n": 1}]
+    assert consume_one(private_redis.url(), TRANSPORT) == [{"n": 2}]
 
 
 def test_stranded_messages_wait_while_redis_is_still_away(
-    server: RedisServer, outage_at_unacked_write: None
+    private_redis: RedisServer, outage_at_unacked_write: None
 ) -> None:
     # Given a message stranded by an outage
-    publish(server.url(), TRANSPORT, [{"n": 7}])
-    consume_one(server.url(), TRANSPORT)
+    publish(private_redis.url(), TRANSPORT, [{"n": 7}])
+    consume_one(private_redis.url(), TRANSPORT)
     assert len(STRANDED) == 1
 
     # When a channel cannot be opened yet, they stay; once it can, they go back
     with pytest.raises(OperationalError):
-        open_channel(server.url(), TRANSPORT)
+        open_channel(private_redis.url(), TRANSPORT)
     assert len(STRANDED) == 1
-    server.start()
-    assert open_channel(server.url(), TRANSPORT)
+    private_redis.start()
+    assert open_channel(private_redis.url(), TRANSPORT)
     assert len(STRANDED) == 0
-    assert consume_one(server.url(), TRANSPORT) == [{"n": 7}]
+    assert consume_one(private_redis.url(), TRANSPORT) == [{"n": 7}]
 
 
-def restore_on_a_detached_channel(server: RedisServer, transport: str | None) -> None:
+def restore_on_a_detached_channel(private_redis: RedisServer, transport: str | None) -> None:
     """The state a Celery worker's channel was seen in when Redis went away (a CI run,
     Celery 5.7 / kombu 5.7): the consumer's `collect()` had detached the transport from its
     connection (`client = None`) and an earlier close had stopped at a Redis error, so the
     final close disconnects the pools and restores the unacked messages once more."""
-    publish(server.url(), transport, [{"n": 1}])
-    conn = Connection(server.url(), transport=transport)
+    publish(private_redis.url(), transport, [{"n": 1}])
+    conn = Connection(private_redis.url(), transport=transport)
     held: list[Any] = []
     consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: held.append(message)])
     consumer.consume()
     conn.drain_events(timeout=5)  # delivered, not acked
     assert len(held) == 1
     channel = conn.default_channel
-    server.stop()
+    private_redis.stop()
     channel._disconnect_pools()  # what the Redis channel's close() does first
     channel.connection.client = None  # what Connection.collect() does to the transport
     channel.qos.restore_unacked_once()  # what the virtual channel's close() does next
 
 
-def test_kombu_crashes_restoring_on_a_detached_channel(server: RedisServer) -> None:
+def test_kombu_crashes_restoring_on_a_detached_channel(private_redis: RedisServer) -> None:
     # kombu 5.7 dereferences the missing connection: an AttributeError, which Celery reports
     # as an unrecoverable error, and the worker shuts down
     with pytest.raises(AttributeError, match="hostname"):
-        restore_on_a_detached_channel(server, KOMBU)
+        restore_on_a_detached_channel(private_redis, KOMBU)
 
 
-def test_bot_transport_leaves_the_messages_to_the_sweeps_instead(server: RedisServer) -> None:
+def test_bot_transport_leaves_the_messages_to_the_sweeps_instead(
+    private_redis: RedisServer,
+) -> None:
     # bot's transport skips the restore: the message stays in Redis's unacked hash, which the
     # orphan sweep (bot/reaper.py) and kombu's visibility sweep put back
-    restore_on_a_detached_channel(server, TRANSPORT)
-    server.start()
-    assert server.client().hlen("unacked") == 1
+    restore_on_a_detached_channel(private_redis, TRANSPORT)
+    private_redis.start()
+    assert private_redis.client().hlen("unacked") == 1
