@@ -79,11 +79,7 @@ class Attempt:
     ) -> bool:
         """`finish()` in one try, for a caller that must not wait (the worker main process):
         a Redis error propagates instead of being waited out. False when the lease was lost."""
-        outcome = self._final_outcome(status, result, error)
-        entry = self.app.job_store().complete(
-            self.job_id, self.owner, self.acquired.fence, outcome, self.app.settings.job_ttl
-        )
-        return entry is not None
+        return self._complete(self._final_outcome(status, result, error)) is not None
 
     def _final_outcome(self, status: str, result: Any, error: BaseException | None) -> Outcome:
         report = self.report(status, result, error_of(error) if error else None)
@@ -100,6 +96,12 @@ class Attempt:
         duration_s = time.monotonic() - self.started_monotonic
         return Outcome(state, detail, report_json, self.delivery.op, duration_s)
 
+    def _complete(self, outcome: Outcome) -> str | None:
+        """One call of the fenced complete script (see `JobStore.complete`)."""
+        return self.app.job_store().complete(
+            self.job_id, self.owner, self.acquired.fence, outcome, self.app.settings.job_ttl
+        )
+
     def _record(self, outcome: Outcome) -> str | None:
         """Record the outcome. Across a Redis outage the outcome is held in this process's
         memory (counted as `outcomes_held` in the worker record; at most one per pool process,
@@ -109,14 +111,11 @@ class Attempt:
         the job to another worker and this outcome, once Redis is back, is refused (lease_lost):
         at-least-once execution, exactly-once report."""
         settings = self.app.settings
-        store = self.app.job_store()
         failures = 0
         try:
             while True:
                 try:
-                    return store.complete(
-                        self.job_id, self.owner, self.acquired.fence, outcome, settings.job_ttl
-                    )
+                    return self._complete(outcome)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     if failures == 0:
                         RUNTIME.counters.held(+1)

@@ -74,13 +74,14 @@ def reap_job(
     """Move `job_id` back to `queued` if it still runs under `owner` (and, given `pid`, in that
     process). The fence (read here unless the caller read it along with what it judged) makes
     the script a no-op if the job moved meanwhile."""
-    seen_fence, seen_pid = client.hmget(keys.job(job_id), "fence", "pid")
-    if pid is not None and seen_pid != str(pid):
-        return None
-    judged_fence = str(seen_fence or "0") if fence is None else fence
+    if fence is None or pid is not None:
+        seen_fence, seen_pid = client.hmget(keys.job(job_id), "fence", "pid")
+        if pid is not None and seen_pid != str(pid):
+            return None
+        fence = fence if fence is not None else str(seen_fence or "0")
     reply = scripts.register(client, "reap")(
         keys=[keys.job(job_id), keys.inflight(owner), keys.stats],
-        args=[job_id, owner, judged_fence, now_ms(), counter],
+        args=[job_id, owner, fence, now_ms(), counter],
     )
     if reply[0] != "queued":
         return None
