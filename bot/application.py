@@ -14,7 +14,9 @@ from celery import Celery, signals
 
 from bot import transport
 from bot.discovery import discover_ops
-from bot.execution import ENQUEUED_AT_HEADER, OpTask, reject_unknown_op, run_op
+from bot.envelope import ENQUEUED_AT_HEADER
+from bot.execution import OpTask, run_op
+from bot.intake import reject_unknown_op
 from bot.jobs import JobStore, now_ms
 from bot.keys import Keys
 from bot.ops import REGISTRY, OpSpec

@@ -8,9 +8,11 @@ is acked before it is durable.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -82,11 +84,38 @@ class Attempt:
         return self._complete(self._final_outcome(status, result, error)) is not None
 
     def _final_outcome(self, status: str, result: Any, error: BaseException | None) -> Outcome:
-        report = self.report(status, result, error_of(error) if error else None)
-        detail = (
-            {"result": result} if report.error is None else {"error": report.error.model_dump()}
+        """The outcome and its report. Never raises: a result or error that cannot be put in
+        a report (not JSON, circular) gives a minimal report saying so, so the job still ends
+        with exactly one report instead of staying `running`."""
+        try:
+            report = self.report(status, result, error_of(error) if error else None)
+            report_json = report.model_dump_json()
+            detail = (
+                {"result": result} if report.error is None else {"error": report.error.model_dump()}
+            )
+            json.dumps(detail, default=str)  # what complete stores must serialise too
+        except Exception as exc:
+            logger.exception("job %s: report not built; sending a minimal one", self.job_id)
+            report = self._minimal_report(status, exc)
+            report_json = report.model_dump_json()
+            detail = {"error": report.error.model_dump() if report.error else {}}
+        return self._outcome(status, detail, report_json)
+
+    def _minimal_report(self, status: str, exc: Exception) -> Report:
+        error = ReportError(
+            type="ReportNotBuilt",
+            message=f"the {status} outcome could not be reported: {type(exc).__name__}",
         )
-        return self._outcome(status, detail, report.model_dump_json())
+        return Report(
+            job_id=self.job_id,
+            op=self.delivery.op,
+            status=status,
+            error=error,
+            attempts=max(0, self.acquired.attempts),
+            recoveries=max(0, self.acquired.recoveries),
+            worker=ReportWorker(bot_id=None, instance_id=None, hostname=RUNTIME.hostname),
+            finished_at=datetime.now(UTC),
+        )
 
     def record_retrying(self, exc: BaseException, countdown_s: float) -> bool:
         detail = {"error": error_of(exc).model_dump(), "retry_in_s": round(countdown_s, 3)}

@@ -16,6 +16,8 @@ from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
 from pydantic import BaseModel
 
+from bot.envelope import job_id_problem, payload_digest
+from bot.errors import InvalidJobId
 from bot.jobs import now_ms
 from bot.ops import REGISTRY, check_size
 from bot.reports import FINAL_STATES, ms_to_datetime
@@ -72,7 +74,10 @@ class Client:
         queue: str | None = None,
         countdown: float | None = None,
     ) -> SubmitResult:
-        """Validate and enqueue `op` with `payload`. Raises PayloadRejected / UnknownOp."""
+        """Validate and enqueue `op` with `payload`. Raises PayloadRejected / UnknownOp /
+        InvalidJobId."""
+        if job_id is not None:
+            check_job_id(job_id)
         spec = REGISTRY.get(op)
         data = (
             payload.model_dump(mode="json")
@@ -82,7 +87,7 @@ class Client:
         check_size(data, self.app.settings.max_payload_bytes)
         spec.validate(data)  # the worker validates again; what is sent is what the caller gave
         queue = queue or spec.queue or self.app.settings.default_queue
-        if not self._claim_id(job_id, spec.name, queue):
+        if not self._claim_id(job_id, spec.name, queue, payload_digest([], data)):
             return SubmitResult(job_id=job_id, enqueued=False)
         try:
             result = self.app.send_task(
@@ -95,8 +100,10 @@ class Client:
             raise
         return SubmitResult(job_id=result.id, enqueued=True)
 
-    def _claim_id(self, job_id: str | None, op: str, queue: str) -> bool:
-        """For a caller's id: create its record as `queued`, or report that it exists."""
+    def _claim_id(self, job_id: str | None, op: str, queue: str, digest: str) -> bool:
+        """For a caller's id: create its record as `queued`, bound to this op and payload
+        digest (a message reusing the id with another payload never runs), or report that
+        the id exists."""
         if job_id is None:
             return True
         key = self.app.keys.job(job_id)
@@ -104,7 +111,14 @@ class Client:
         if not client.hsetnx(key, "state", "queued"):
             return False
         client.hset(
-            key, mapping={"job_id": job_id, "op": op, "queue": queue, "enqueued_at": now_ms()}
+            key,
+            mapping={
+                "job_id": job_id,
+                "op": op,
+                "queue": queue,
+                "digest": digest,
+                "enqueued_at": now_ms(),
+            },
         )
         client.expire(key, self.app.settings.job_ttl)
         return True
@@ -151,6 +165,16 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {status.state} after {timeout}s")
             time.sleep(POLL_INTERVAL_S)
+
+
+def check_job_id(job_id: str) -> None:
+    """InvalidJobId unless `job_id` is of the accepted form."""
+    problem = job_id_problem(job_id)
+    if problem is not None:
+        raise InvalidJobId(
+            f"invalid job id: {problem}",
+            [{"loc": ["job_id"], "msg": problem, "type": "job_id"}],
+        )
 
 
 def status_from_record(job_id: str, record: Mapping[str, str]) -> JobStatus:

@@ -32,9 +32,9 @@ class UnknownOp(PayloadRejected):
     """No op of that name is registered."""
 
 
+class InvalidJobId(PayloadRejected):
+    """A caller's job id is not of the accepted form (bot.envelope.JOB_ID_PATTERN)."""
+
+
 class TransientError(BotError):
     """Raise from an op to ask for a retry with backoff (any op may)."""
-
-
-class JobDuplicate(BotError):
-    """Internal: this delivery duplicates a job that ended or runs elsewhere."""

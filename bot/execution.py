@@ -20,9 +20,10 @@ from pydantic import BaseModel
 
 from bot.attempt import Attempt
 from bot.backoff import full_jitter
-from bot.errors import BotError, PayloadRejected, UnknownOp
+from bot.envelope import ENQUEUED_AT_HEADER, enqueued_at_ms, payload_digest
+from bot.errors import BotError, PayloadRejected
 from bot.jobs import Acquired, Delivery, Skipped
-from bot.ops import TASK_PREFIX, OpSpec, check_size
+from bot.ops import OpSpec, check_size
 from bot.progress import bind as bind_progress
 from bot.progress import unbind as unbind_progress
 from bot.runtime import RUNTIME
@@ -32,9 +33,6 @@ logger = logging.getLogger(__name__)
 #: Tries of job acquire across a Redis error before the message is handed back to the broker.
 ACQUIRE_ATTEMPTS = 5
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
-
-#: The header the publisher stamps with the enqueue time (ms since the epoch).
-ENQUEUED_AT_HEADER = "bot_enqueued_at"
 
 
 class JobDead(BotError):
@@ -49,6 +47,9 @@ class OpTask(Task):
     # Hands a job back (queued, recoveries + 1) when its pool child dies, before Celery
     # requeues the message: see bot/worker_lost.py.
     Request = "bot.worker_lost:OpRequest"
+    # Checks each message before Celery unpacks it, so none can stop the worker: see
+    # bot/intake.py.
+    Strategy = "bot.intake:guarded"
 
 
 def delivery_of(task: Task, args: tuple[Any, ...], payload: dict[str, Any]) -> Delivery:
@@ -57,7 +58,6 @@ def delivery_of(task: Task, args: tuple[Any, ...], payload: dict[str, Any]) -> D
     properties = getattr(request, "properties", None) or {}
     tag = properties.get("delivery_tag") or info.get("delivery_tag") or ""
     queue = info.get("routing_key") or task.app.settings.default_queue
-    enqueued = getattr(request, ENQUEUED_AT_HEADER, None)
     message = {"task": task.name, "args": list(args), "kwargs": payload, "queue": queue}
     return Delivery(
         job_id=request.id,
@@ -65,28 +65,50 @@ def delivery_of(task: Task, args: tuple[Any, ...], payload: dict[str, Any]) -> D
         queue=queue,
         delivery_tag=str(tag),
         message=message,
-        enqueued_at_ms=int(enqueued) if enqueued else None,
+        enqueued_at_ms=enqueued_at_ms(getattr(request, ENQUEUED_AT_HEADER, None)),
+        digest=payload_digest(list(args), payload),
     )
 
 
 def decode(spec: OpSpec, args: tuple[Any, ...], payload: dict[str, Any], limit: int) -> BaseModel:
-    """The validated payload, or PayloadRejected."""
-    if args:
+    """The validated payload, or PayloadRejected. Positional arguments (Celery clients in
+    other languages send them so) bind to the op's fields in declared order."""
+    check_size({"args": list(args), **payload} if args else payload, limit)
+    return spec.validate(bind_positional(spec, args, payload))
+
+
+def bind_positional(spec: OpSpec, args: tuple[Any, ...], payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` with `args` bound to the op's fields in declared order; PayloadRejected for
+    more arguments than fields, or a field given both ways."""
+    if not args:
+        return payload
+    fields = list(spec.payload_model.model_fields)
+    if len(args) > len(fields):
+        msg = f"at most {len(fields)} positional arguments ({', '.join(fields) or 'none'})"
         raise PayloadRejected(
-            f"op {spec.name!r} takes its payload as keyword arguments, not positional ones",
-            [{"loc": ["args"], "msg": "positional arguments are not accepted", "type": "args"}],
+            f"invalid payload for op {spec.name!r}: {len(args)} positional arguments, {msg}",
+            [{"loc": ["args"], "msg": f"takes {msg}", "type": "too_many_args"}],
         )
-    check_size(payload, limit)
-    return spec.validate(payload)
+    bound = dict(zip(fields, args, strict=False))
+    twice = sorted(set(bound) & set(payload))
+    if twice:
+        raise PayloadRejected(
+            f"invalid payload for op {spec.name!r}: {', '.join(twice)} given both "
+            "positionally and by keyword",
+            [
+                {"loc": [name], "msg": "given both positionally and by keyword", "type": "twice"}
+                for name in twice
+            ],
+        )
+    return {**bound, **payload}
 
 
 def guard(task: OpTask, delivery: Delivery) -> Attempt:
     """Acquire the job for this worker, or stop this delivery without running it."""
     verdict = acquire_or_requeue(task, delivery)
     if isinstance(verdict, Skipped):
-        logger.info(
-            "job %s: delivery skipped (%s: %s)", delivery.job_id, verdict.reason, verdict.detail
-        )
+        log = logger.warning if verdict.reason == "reused" else logger.info
+        log("job %s: delivery skipped (%s: %s)", delivery.job_id, verdict.reason, verdict.detail)
         raise Ignore()
     assert isinstance(verdict, Acquired)
     return Attempt(task.app, delivery, verdict, RUNTIME.owner())
@@ -104,7 +126,11 @@ def acquire_or_requeue(task: OpTask, delivery: Delivery) -> Acquired | Skipped:
         if breaker.allow():
             try:
                 verdict = task.app.job_store().acquire(
-                    delivery, RUNTIME.owner(), os.getpid(), claim
+                    delivery,
+                    RUNTIME.owner(),
+                    os.getpid(),
+                    claim,
+                    max_recoveries=settings.max_recoveries,
                 )
             except REDIS_ERRORS as exc:
                 breaker.record_failure()
@@ -121,11 +147,12 @@ def acquire_or_requeue(task: OpTask, delivery: Delivery) -> Acquired | Skipped:
     raise Reject(problem, requeue=True)
 
 
-def run_op(task: OpTask, *args: Any, **payload: Any) -> Any:
-    """The body of every `ops.*` task."""
+def run_op(task: OpTask, /, *args: Any, **payload: Any) -> Any:
+    """The body of every `ops.*` task. `task` is positional-only so that a payload field
+    named `task` or `self` reaches the payload model instead of colliding with it."""
     spec = task.op_spec
     attempt = guard(task, delivery_of(task, args, payload))
-    if attempt.acquired.recoveries > task.app.settings.max_recoveries:
+    if attempt.acquired.exhausted:  # decided by acquire.lua: this attempt must not run
         return _end_dead(attempt, task.app.settings.max_recoveries)
     try:
         model = decode(spec, args, payload, task.app.settings.max_payload_bytes)
@@ -171,36 +198,3 @@ def _end_dead(attempt: Attempt, max_recoveries: int) -> Any:
 def _finish_or_ignore(attempt: Attempt, status: str, **outcome: Any) -> None:
     if not attempt.finish(status, **outcome):
         raise Ignore()
-
-
-def reject_unknown_op(sender: Any, message: Any, name: str, id: str, **_: Any) -> None:
-    """`task_unknown` handler (worker main process): a message for an `ops.*` task this worker
-    does not know ends as `rejected` with a report. Celery itself drops the message and stores
-    NotRegistered in the result backend, so it is never retried."""
-    app: Any = getattr(sender, "app", None)
-    if not name.startswith(TASK_PREFIX) or not hasattr(app, "job_store"):
-        return
-    info = message.delivery_info or {}
-    queue = info.get("routing_key") or app.settings.default_queue
-    args, kwargs = _decoded_arguments(message)
-    delivery = Delivery(
-        job_id=id,
-        op=name.removeprefix(TASK_PREFIX),
-        queue=queue,
-        delivery_tag=str(message.delivery_tag or ""),
-        message={"task": name, "args": args, "kwargs": kwargs, "queue": queue},
-    )
-    verdict = app.job_store().acquire(delivery, RUNTIME.owner(), os.getpid())
-    if isinstance(verdict, Acquired):
-        error = UnknownOp(f"unknown op {delivery.op!r}: no worker on queue {queue!r} has it")
-        Attempt(app, delivery, verdict, RUNTIME.owner()).finish("rejected", error=error)
-
-
-def _decoded_arguments(message: Any) -> tuple[list[Any], dict[str, Any]]:
-    try:
-        body = message.decode()
-    except Exception:  # an undecodable body is still rejected, just without its payload
-        return [], {}
-    if isinstance(body, list | tuple) and len(body) >= 2:
-        return list(body[0]), dict(body[1])
-    return [], {}

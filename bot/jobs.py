@@ -51,6 +51,8 @@ class Delivery:
     delivery_tag: str
     message: dict[str, Any]
     enqueued_at_ms: int | None = None
+    #: Binds the job id to what was submitted (bot.envelope.payload_digest); '' for none.
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Acquired:
     recoveries: int
     enqueued_at_ms: int | None
     started_at_ms: int
+    #: Recovered more than BOT_MAX_RECOVERIES times: taken only to be ended `dead`, not run.
+    exhausted: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Skipped:
-    """This delivery must not run: the job ended (`duplicate`) or runs elsewhere (`busy`)."""
+    """This delivery must not run: the job ended (`duplicate`), runs elsewhere (`busy`), or
+    the id belongs to another submission (`reused`: another op or payload digest)."""
 
     reason: str
     detail: str
@@ -94,12 +99,19 @@ class JobStore:
         return self.client.hgetall(self.keys.job(job_id))  # type: ignore[return-value]
 
     def acquire(
-        self, delivery: Delivery, owner: str, pid: int, claim: str = ""
+        self,
+        delivery: Delivery,
+        owner: str,
+        pid: int,
+        claim: str = "",
+        *,
+        max_recoveries: int | None = None,
     ) -> Acquired | Skipped:
         """Take the job, or say why this delivery must not run. One round trip for a job that
         nobody owns yet (the common case); a second one when it has an owner, whose lease key
         the script needs in KEYS (it reports the owner it found). `claim` names the caller's
-        attempt: calling again with it after a Redis error is safe (see acquire.lua)."""
+        attempt: calling again with it after a Redis error is safe (see acquire.lua). Past
+        `max_recoveries` (None: no bound) the job is taken `exhausted`: to be ended, not run."""
         seen = ("", "0", "")  # owner, fence, pid: optimistically, a job nobody owns yet
         for _ in range(_ACQUIRE_READ_ATTEMPTS):
             reply = self._acquire(
@@ -109,10 +121,15 @@ class JobStore:
                     self.keys.lease(seen[0] or owner),
                     self.keys.stats,
                 ],
-                args=[*self._acquire_args(delivery, owner, pid, seen), claim],
+                args=[
+                    *self._acquire_args(delivery, owner, pid, seen),
+                    claim,
+                    -1 if max_recoveries is None else max_recoveries,
+                    delivery.digest,
+                ],
             )
             verdict = reply[0]
-            if verdict == "acquired":
+            if verdict in ("acquired", "exhausted"):
                 _, fence, attempts, recoveries, enqueued, started = reply
                 return Acquired(
                     int(fence),
@@ -120,6 +137,7 @@ class JobStore:
                     int(recoveries),
                     int(enqueued) if enqueued else None,
                     int(started),
+                    exhausted=verdict == "exhausted",
                 )
             if verdict != "retry":
                 return Skipped(verdict, reply[1])

@@ -23,6 +23,13 @@ DEFAULT_MAX_RETRIES = 3
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 
 
+def op_name_problem(name: str) -> str | None:
+    """Why `name` is not a valid op name, or None."""
+    if _NAME.match(name):
+        return None
+    return f"op name must match {_NAME.pattern}"
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """One registered op."""
@@ -136,8 +143,9 @@ def op(
     `transient`: exception types that mean "try again later" (retried with exponential backoff
     and full jitter up to `max_retries`); `TransientError` always is. Anything else fails.
     """
-    if not _NAME.match(name):
-        raise ValueError(f"op name {name!r} must match {_NAME.pattern}")
+    problem = op_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"op name {name!r}: {problem}")
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         model, takes_model = payload_model_for(name, func)

@@ -53,6 +53,11 @@ class Report(BaseModel):
 
 
 def ms_to_datetime(ms: int | str | None) -> datetime | None:
+    """Milliseconds since the epoch as a UTC datetime; None for none, or for a value no
+    datetime can hold (a forged header must never make a report fail to build)."""
     if ms in (None, "", 0, "0"):
         return None
-    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    try:
+        return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError, TypeError):
+        return None

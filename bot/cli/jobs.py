@@ -10,6 +10,7 @@ import click
 
 from bot.cli import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
 from bot.client import Client, JobStatus
+from bot.envelope import printable
 from bot.errors import PayloadRejected
 from bot.ops import REGISTRY
 from bot.progress import summary
@@ -109,9 +110,12 @@ def _wait_and_print(job_id: str, timeout: float | None) -> None:
 
 
 def _print_rejection(headline: str, field_errors: list[dict[str, Any]]) -> None:
-    click.echo(f"bot: {headline}", err=True)
+    """The headline and one line per field error, escaped: they may carry what a sender or
+    an op put there (control characters must not reach the terminal)."""
+    click.echo(f"bot: {printable(headline, 2000)}", err=True)
     for error in field_errors:
-        click.echo(f"  {'.'.join(error.get('loc', [])) or 'payload'}: {error.get('msg')}", err=True)
+        loc = ".".join(str(part) for part in error.get("loc", [])) or "payload"
+        click.echo(f"  {printable(loc)}: {printable(str(error.get('msg')), 500)}", err=True)
 
 
 @click.command()
@@ -126,9 +130,8 @@ def status(job_id: str, as_json: bool) -> None:
     for name, value in job.model_dump(exclude_none=True).items():
         if name == "progress":
             value = summary(value["current"], value["total"], value.get("note"))
-        click.echo(
-            f"{name:12} {value if isinstance(value, str) else json.dumps(value, default=str)}"
-        )
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        click.echo(f"{name:12} {printable(text, 10_000)}")
     if job.state == "unknown":
         sys.exit(EXIT_FAILED)
 

@@ -20,19 +20,37 @@ ARGV[13] claim: a token unique to the caller's attempt ('' for none). When the j
          runs under this owner with this claim, an earlier call of the same attempt went
          through and only its reply was lost (Redis went away): it is answered 'acquired'
          again, with what that call wrote, instead of 'busy'.
+ARGV[14] BOT_MAX_RECOVERIES (-1: no bound)
+ARGV[15] payload digest of this delivery ('' if unknown): the first one seen (at submit or
+         at the first acquire) binds the job id; a delivery with another op or digest is
+         another submission reusing the id, and never runs.
 
 Returns one of
   {'retry', owner, fence, pid}    not the expected owner/fence: call again with these
+  {'reused', what}                the id belongs to another op or payload: ack, never run
   {'duplicate', state}            the job already ended: ack without running
   {'busy', owner}                 running under a live owner: ack without running
   {'acquired', fence, attempts, recoveries, enqueued_at, started_at}
+  {'exhausted', fence, attempts, recoveries, enqueued_at, started_at}
+                                  recovered more than ARGV[14] times: taken (owner, fence) so
+                                  that the caller ends it `dead`, but not counted as an attempt
+                                  and not to be run: no path runs a job more than
+                                  BOT_MAX_RECOVERIES + 1 times
 A 'running' job whose owner is gone is taken over and counts one recovery.
 ]]
 local job = KEYS[1]
-local cur = redis.call('HMGET', job, 'state', 'owner', 'fence', 'pid')
+local cur = redis.call('HMGET', job, 'state', 'owner', 'fence', 'pid', 'op', 'digest')
 local state, owner, fence = cur[1] or '', cur[2] or '', cur[3] or '0'
 if owner ~= ARGV[3] or fence ~= ARGV[4] then
   return {'retry', owner, fence, cur[4] or ''}
+end
+if cur[5] and cur[5] ~= '' and cur[5] ~= ARGV[6] then
+  redis.call('HINCRBY', KEYS[4], 'id_reused', 1)
+  return {'reused', 'the id belongs to a job of another op'}
+end
+if ARGV[15] ~= '' and cur[6] and cur[6] ~= ARGV[15] then
+  redis.call('HINCRBY', KEYS[4], 'id_reused', 1)
+  return {'reused', 'the id belongs to a job with another payload'}
 end
 if state == 'succeeded' or state == 'failed' or state == 'rejected' or state == 'dead' then
   redis.call('HINCRBY', KEYS[4], 'duplicates_skipped', 1)
@@ -40,9 +58,10 @@ if state == 'succeeded' or state == 'failed' or state == 'rejected' or state == 
 end
 if state == 'running' and owner == ARGV[2] and ARGV[13] ~= '' then
   local mine = redis.call('HMGET', job, 'claim', 'attempts', 'recoveries', 'enqueued_at',
-    'started_at')
+    'started_at', 'exhausted')
   if mine[1] == ARGV[13] then
-    return {'acquired', tonumber(fence), tonumber(mine[2]), tonumber(mine[3]), mine[4] or '',
+    local verdict = mine[6] == '1' and 'exhausted' or 'acquired'
+    return {verdict, tonumber(fence), tonumber(mine[2]), tonumber(mine[3]), mine[4] or '',
       mine[5]}
   end
 end
@@ -57,8 +76,20 @@ if state == 'running' then
   redis.call('HINCRBY', job, 'recoveries', 1)
   redis.call('HINCRBY', KEYS[4], 'recoveries', 1)
 end
+local max_recoveries = tonumber(ARGV[14])
+local recovered = tonumber(redis.call('HGET', job, 'recoveries') or '0')
+local exhausted = max_recoveries >= 0 and recovered > max_recoveries
 local new_fence = redis.call('HINCRBY', job, 'fence', 1)
-local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+local attempts
+if exhausted then
+  attempts = tonumber(redis.call('HGET', job, 'attempts') or '0')
+else
+  attempts = redis.call('HINCRBY', job, 'attempts', 1)
+end
+redis.call('HSET', job, 'exhausted', exhausted and '1' or '0')
+if ARGV[15] ~= '' then
+  redis.call('HSETNX', job, 'digest', ARGV[15])
+end
 redis.call('HSET', job,
   'job_id', ARGV[1], 'state', 'running', 'owner', ARGV[2], 'pid', ARGV[10],
   'op', ARGV[6], 'queue', ARGV[7], 'delivery_tag', ARGV[8], 'message', ARGV[9],
@@ -70,4 +101,5 @@ redis.call('HSETNX', job, 'recoveries', 0)
 redis.call('PERSIST', job)
 redis.call('SADD', KEYS[2], ARGV[1])
 local after = redis.call('HMGET', job, 'recoveries', 'enqueued_at')
-return {'acquired', new_fence, attempts, tonumber(after[1]), after[2] or '', ARGV[5]}
+return {exhausted and 'exhausted' or 'acquired', new_fence, attempts, tonumber(after[1]),
+  after[2] or '', ARGV[5]}

@@ -254,10 +254,11 @@ def test_past_max_recoveries_the_next_acquire_ends_the_job_dead(
             assert hand_back(app, "poison", 4242)
     # When its message is delivered again and the task runs (eagerly here)
     result = app.tasks["ops.touch"].apply(kwargs={"seconds": 0}, task_id="poison")
-    # Then the op body does not run; the job ends dead with exactly one report
+    # Then the op body does not run; the job ends dead with exactly one report, and the
+    # acquire that ended it is not counted as an attempt (attempts <= BOT_MAX_RECOVERIES + 1)
     assert result.failed() and type(result.result).__name__ == "JobDead"
     record = client.hgetall(KEYS.job("poison"))
-    assert (record["state"], record["recoveries"], record["attempts"]) == ("dead", "4", "5")
+    assert (record["state"], record["recoveries"], record["attempts"]) == ("dead", "4", "4")
     assert not client.exists(KEYS.fault_touches("poison"))
     entries = client.xrange(KEYS.outbox)
     assert [f["job_id"] for _, f in entries] == ["poison"]

@@ -25,7 +25,9 @@ class Store:
         self.calls = 0
         self.claims: list[str] = []
 
-    def acquire(self, delivery: Delivery, owner: str, pid: int, claim: str) -> Acquired:
+    def acquire(
+        self, delivery: Delivery, owner: str, pid: int, claim: str, *, max_recoveries: int
+    ) -> Acquired:
         self.calls += 1
         self.claims.append(claim)
         if self.calls <= self.failures:
