@@ -38,7 +38,22 @@ ENQUEUED_AT_HEADER = "bot_enqueued_at"
 #: Prefix of the stand-in job id given to a message whose own id is missing or unusable.
 STAND_IN_PREFIX = "malformed-"
 #: Headers Celery reads in the main process or the tracer, and the types it can live with.
-_OPTIONAL_STRING_HEADERS = ("shadow", "root_id", "parent_id", "group", "argsrepr", "kwargsrepr")
+_OPTIONAL_STRING_HEADERS = (
+    "shadow",
+    "root_id",
+    "parent_id",
+    "group",
+    "argsrepr",
+    "kwargsrepr",
+    "lang",
+    "origin",
+)
+_OPTIONAL_STRING_LIST_HEADERS = ("stamped_headers", "groups")
+_OPTIONAL_WHOLE_NUMBER_HEADERS = ("retries", "replaced_task_nesting", "group_index")
+_OPTIONAL_OBJECT_HEADERS = ("stamps",)
+#: Keys of Celery's embed (the body's third item) and what each must be when present.
+_EMBED_LISTS = ("callbacks", "errbacks", "chain")
+_EMBED_OBJECTS = ("chord",)
 _JSON_CONTENT_TYPES = ("application/json",)
 #: Milliseconds: enqueue times before 2000-01-01, or this far ahead of our clock, are not real.
 _EARLIEST_ENQUEUE_MS = 946_684_800_000
@@ -56,6 +71,8 @@ def _error(loc: list[str], msg: str, kind: str) -> dict[str, Any]:
 
 def job_id_problem(job_id: object) -> str | None:
     """Why `job_id` is not a usable job id, or None."""
+    if job_id is None:
+        return "job id is missing (header 'id')"
     if not isinstance(job_id, str):
         return f"job id must be a string, not {type(job_id).__name__}"
     if not JOB_ID_PATTERN.match(job_id):
@@ -163,6 +180,8 @@ def check_body(body: Any) -> tuple[list[Any], dict[str, Any]]:
     array `[args, kwargs, embed]` of a list, an object and an object (or null)."""
     shape = "must be [args (array), kwargs (object), embed (object)]"
     shape_error = _error(["body"], shape, "body")
+    if isinstance(body, bytes | str):  # kombu hands back an empty body undecoded
+        raise Malformed("message body is empty", [shape_error])
     if not isinstance(body, list) or len(body) != 3:
         kind = f"an array of {len(body)}" if isinstance(body, list) else type(body).__name__
         raise Malformed(f"message body must be a 3-item array, not {kind}", [shape_error])
@@ -175,7 +194,25 @@ def check_body(body: Any) -> tuple[list[Any], dict[str, Any]]:
         )
     if embed is not None and not isinstance(embed, dict):
         raise Malformed("message embed must be an object", [shape_error])
+    _check_embed(embed or {})
     return args, kwargs
+
+
+def _check_embed(embed: Mapping[str, Any]) -> None:
+    """Callbacks, errbacks, chain and chord are read after the op ran: malformed, they would
+    fail a job whose op already succeeded."""
+    for name in _EMBED_LISTS:
+        if embed.get(name) is not None and not isinstance(embed[name], list):
+            raise Malformed(
+                f"embed {name!r} must be an array",
+                [_error(["embed", name], "not an array", "embed")],
+            )
+    for name in _EMBED_OBJECTS:
+        if embed.get(name) is not None and not isinstance(embed[name], dict):
+            raise Malformed(
+                f"embed {name!r} must be an object",
+                [_error(["embed", name], "not an object", "embed")],
+            )
 
 
 def _check_headers(headers: Mapping[str, Any]) -> None:
@@ -185,19 +222,35 @@ def _check_headers(headers: Mapping[str, Any]) -> None:
             f"message headers of {size} bytes are over {MAX_HEADERS_BYTES}",
             [_error(["headers"], f"larger than {MAX_HEADERS_BYTES} bytes", "too_large")],
         )
-    for name in _OPTIONAL_STRING_HEADERS:
-        if headers.get(name) is not None and not isinstance(headers[name], str):
-            raise _bad_header(name, "must be a string")
-    retries = headers.get("retries", 0)
-    if retries is not None and (
-        isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
-    ):
-        raise _bad_header("retries", "must be a whole number >= 0")
+    _check_header_types(headers)
     ignore_result = headers.get("ignore_result")
     if ignore_result is not None and not isinstance(ignore_result, bool):
         raise _bad_header("ignore_result", "must be true or false")
     if not _is_time_limits(headers.get("timelimit")):
         raise _bad_header("timelimit", "must be [hard, soft] seconds (numbers >= 0 or null)")
+
+
+def _check_header_types(headers: Mapping[str, Any]) -> None:
+    """The headers Celery reads while it takes a message in are of the types it assumes: one
+    of another type raises deep in the dispatch (after the pool slot is taken)."""
+    for name in _OPTIONAL_STRING_HEADERS:
+        if headers.get(name) is not None and not isinstance(headers[name], str):
+            raise _bad_header(name, "must be a string")
+    for name in _OPTIONAL_STRING_LIST_HEADERS:
+        value = headers.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(item, str) for item in value)
+        ):
+            raise _bad_header(name, "must be a list of strings")
+    for name in _OPTIONAL_WHOLE_NUMBER_HEADERS:
+        value = headers.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _bad_header(name, "must be a whole number")
+        if isinstance(value, int) and value < 0:
+            raise _bad_header(name, "must be a whole number >= 0")
+    for name in _OPTIONAL_OBJECT_HEADERS:
+        if headers.get(name) is not None and not isinstance(headers[name], dict):
+            raise _bad_header(name, "must be an object")
 
 
 def _bad_header(name: str, msg: str) -> Malformed:

@@ -19,7 +19,10 @@ that for good needs a blocking pop that records in the same step, which Redis of
 source list (BLMOVE) but not for the several priority lists kombu reads at once.
 
 A second, smaller repair: restoring unacked messages on a channel whose transport was
-already detached crashed the worker (see `QoS.restore_unacked_once`).
+already detached crashed the worker (see `QoS.restore_unacked_once`). A third: an item in a
+queue list that is not a kombu message at all (anything written there with a raw LPUSH) made
+kombu raise while reading it, which stopped the worker; it is dropped with a log line
+(`Channel._brpop_read`).
 
 `install()` (called by `bot.application.create_app`) makes kombu resolve `redis://` and
 `rediss://` to this transport in the process, through kombu's transport alias table. Not
@@ -146,6 +149,26 @@ class Channel(kombu_redis.Channel):
             logger.warning("stranded messages not put back yet (%s); next connection", exc)
             return
         logger.warning("put %d stranded message(s) back at the head of their queue", count)
+
+    def _brpop_read(self, **options: Any) -> Any:
+        """kombu's read of one message; an item that is not a kombu message (not JSON, or
+        without kombu's envelope) is dropped with a log line instead of stopping the worker.
+        It is off the queue already and names no job, so there is nothing to put back.
+        Errors of the consumer itself never arrive here (bot/consumer.py catches them), and a
+        Redis error is none of these types: it propagates, and Celery reconnects."""
+        try:
+            return super()._brpop_read(**options)
+        except UNREADABLE_ITEM_ERRORS as exc:
+            logger.error(
+                "dropped an item of a queue list that is not a kombu message (%s: %.200s)",
+                type(exc).__name__,
+                exc,
+            )
+            return True
+
+
+#: What kombu raises reading a queue item that is not one of its messages.
+UNREADABLE_ITEM_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
 
 
 class Transport(kombu_redis.Transport):
