@@ -1,15 +1,29 @@
 """What a production process exposes: no test-only ops, and no Redis connection over TLS that
-does not check the server's certificate."""
+does not check the server's certificate; the README's TLS URL works against a TLS-only Redis."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.support.processes import BOT, REPO_ROOT, bot_env, run_python, run_to_end
+from tests.support.processes import (
+    BOT,
+    REPO_ROOT,
+    WorkerProcess,
+    bot_env,
+    run_bot,
+    run_python,
+    run_to_end,
+    wait_for,
+)
+from tests.support.redis_server import REDIS_SERVER, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -70,3 +84,69 @@ def test_rediss_without_certificate_options_stops_with_one_line_and_exit_2(
         " (ssl_cert_reqs: required, optional or none)"
     ]
     assert "hunter2" not in done.stdout + done.stderr
+
+
+def make_certificates(directory: Path) -> Path:
+    """A throw-away CA and a server certificate for 127.0.0.1 signed by it; the CA's path."""
+    ca, key = directory / "ca.pem", directory / "ca.key"
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps = [
+        f"req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bot-test-ca -keyout {key} -out {ca}",
+        f"req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {directory}/server.key"
+        f" -out {directory}/server.csr",
+        f"x509 -req -days 1 -in {directory}/server.csr -CA {ca} -CAkey {key} -CAcreateserial"
+        f" -extfile {directory}/san.ext -out {directory}/server.pem",
+    ]
+    for step in steps:
+        subprocess.run(["openssl", *step.split()], check=True, capture_output=True)
+    return ca
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server that speaks only TLS on a free loopback port; (port, CA file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = make_certificates(certs)
+    port = free_port()
+    args = [
+        *(REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+        *("--tls-cert-file", str(certs / "server.pem")),
+        *("--tls-key-file", str(certs / "server.key")),
+        *("--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"),
+        *("--dir", str(certs), "--save", "", "--appendonly", "no"),
+    ]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(
+            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca), socket_timeout=2
+        )
+        wait_for(lambda: answers(client), 10, "the TLS redis-server")
+        yield port, ca
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_the_readme_tls_url_runs_jobs_over_tls(
+    tls_redis: tuple[int, Path], tmp_path: Path, workers: Callable[..., WorkerProcess]
+) -> None:
+    # the README's form: rediss://HOST:PORT/DB?ssl_cert_reqs=required&ssl_ca_certs=CA
+    port, ca = tls_redis
+    url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
+    workers("tls", extra_env={"BOT_REDIS_URL": url})
+    env = bot_env(url, tmp_path / "state")
+
+    done = run_bot(env, "submit", "sum", "a=1", "b=2", "--wait", "--timeout", "60")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3"
