@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support import stock_app  # noqa: E402
-from tests.support.processes import WorkerProcess, bot_env, wait_for  # noqa: E402
+from tests.support.processes import FAULT_OPS, WorkerProcess, bot_env, wait_for  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 JOB_SECONDS = 60.0
@@ -95,7 +95,9 @@ class Bench:
             from bot.client import Client
             from config.settings import Settings
 
-            app = create_app(Settings(redis_url=self.server.url(0)), fleet=False)
+            # `touch` is a test-only op: loaded here as bot_env loads it in the workers
+            settings = Settings(redis_url=self.server.url(0), ops_modules=[FAULT_OPS])
+            app = create_app(settings, fleet=False)
             Client(app).submit("touch", {"seconds": JOB_SECONDS}, job_id=job_id)
             db, key = self.server.client(0), app.keys.fault_touches(job_id)
         else:

@@ -98,7 +98,7 @@ def _relay(context: FleetContext) -> Service:
 
 
 def _metrics(context: FleetContext) -> Service:
-    """/metrics on BOT_METRICS_PORT (bot/metrics.py), when it is set."""
+    """/metrics on BOT_METRICS_ADDR:BOT_METRICS_PORT (bot/metrics.py), when the port is set."""
     from bot.services import metrics_service
 
     return metrics_service(context)

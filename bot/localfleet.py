@@ -3,17 +3,25 @@
 When nothing answers at a loopback BOT_REDIS_URL and `redis-server` is on PATH, a private one is
 started with AOF under the state dir. Ctrl-C (or SIGTERM) stops everything this started, worker
 first (a warm shutdown), then Flower, then the private Redis.
+
+Flower always runs with HTTP basic auth: `FLOWER_BASIC_AUTH` when the user set it, otherwise
+credentials generated at start and printed once. Flower 2.2 with basic auth refuses an API call
+without credentials (401) and a browser's cross-site POST (403, by Sec-Fetch-Site / Origin), and
+sends no `Access-Control-Allow-Origin`; `curl -u user:password` needs no XSRF cookie. Its
+unauthenticated mode (FLOWER_UNAUTHENTICATED_API) would let any web page submit jobs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,6 +35,8 @@ logger = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 #: Seconds a child gets to stop after SIGTERM before it is killed.
 STOP_GRACE_S = 30.0
+#: The user of the Flower credentials `bot up` generates.
+FLOWER_USER = "bot"
 
 
 @dataclass
@@ -92,13 +102,59 @@ def private_redis_command(settings: Settings) -> list[str] | None:
     ]
 
 
-def flower_env(address: str) -> dict[str, str]:
-    """Flower's environment. On a loopback address its HTTP API is opened without auth, so the
-    README's curl example works locally; anywhere else Flower's own auth settings apply."""
+@dataclass(frozen=True)
+class FlowerAuth:
+    """Flower's basic-auth credentials, as Flower reads FLOWER_BASIC_AUTH
+    (`user:password`, several separated by commas)."""
+
+    credentials: str
+    #: True when `bot up` made them (they are printed), False when the user gave them.
+    generated: bool
+
+    @property
+    def user(self) -> str:
+        return self.credentials.split(",", 1)[0].split(":", 1)[0]
+
+
+def flower_auth(environ: Mapping[str, str]) -> FlowerAuth:
+    """The user's FLOWER_BASIC_AUTH, or new credentials with a random password. The password
+    is URL-safe base64: no `,` (Flower splits the variable on commas) and no `:`."""
+    given = environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if given:
+        return FlowerAuth(given, generated=False)
+    return FlowerAuth(f"{FLOWER_USER}:{secrets.token_urlsafe(24)}", generated=True)
+
+
+def flower_env(auth: FlowerAuth) -> dict[str, str]:
+    """Flower's environment: basic auth on, the unauthenticated API off. The credentials go
+    through the environment, not the command line, which `ps` shows to every user."""
     env = dict(os.environ)
-    if address in LOOPBACK_HOSTS:
-        env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    env.pop("FLOWER_UNAUTHENTICATED_API", None)
+    env["FLOWER_BASIC_AUTH"] = auth.credentials
     return env
+
+
+def flower_url(address: str, port: int) -> str:
+    """Where a local client reaches Flower listening on `address`."""
+    host = "127.0.0.1" if address in ("", "0.0.0.0") else address
+    host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def flower_banner(auth: FlowerAuth, url: str) -> str:
+    """What `bot up` prints once at start: where Flower is, how to log in, a curl example."""
+    if auth.generated:
+        login, secret = f"user:password  {auth.credentials}", auth.credentials
+    else:
+        login, secret = f"user {auth.user}, password from FLOWER_BASIC_AUTH", f"{auth.user}:..."
+    return "\n".join(
+        [
+            f"Flower: {url} (basic auth)",
+            f"  {login}",
+            f"  curl -u '{secret}' -X POST -H 'Content-Type: application/json' \\",
+            f'       -d \'{{"kwargs": {{"a": 1, "b": 2}}}}\' {url}/api/task/async-apply/ops.sum',
+        ]
+    )
 
 
 @dataclass
@@ -116,6 +172,7 @@ class LocalFleet:
         celery = [sys.executable, "-m", "celery", "-A", "bot"]
         self._spawn("worker", [*celery, "worker", f"--autoscale={self.autoscale}", "-l", "info"])
         if self.flower:
+            auth = flower_auth(os.environ)
             self._spawn(
                 "flower",
                 [
@@ -124,7 +181,11 @@ class LocalFleet:
                     f"--address={self.flower_address}",
                     f"--port={self.flower_port}",
                 ],
-                flower_env(self.flower_address),
+                flower_env(auth),
+            )
+            # Printed, not logged: the password must not end up in a log collector.
+            print(
+                flower_banner(auth, flower_url(self.flower_address, self.flower_port)), flush=True
             )
 
     def _start_private_redis(self) -> None:

@@ -5,6 +5,9 @@ process; so the complete script counts them in Redis (`bot:metrics:{instance_id}
 per outcome in the same atomic step that ends the job) and this collector reads that hash, the
 worker record, the outbox and the fleet counters at scrape time. A scrape costs one pipelined
 round trip; nothing is kept in process memory that a restart or an autoscaled child could lose.
+
+Op labels are bounded: only ops registered in this process (`bot.ops.REGISTRY`) become an `op`
+label or a hash field; any other name a sender chose counts as `op="unknown"`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from bot.ops import REGISTRY
+
 if TYPE_CHECKING:
     from bot.application import BotApp
 
@@ -33,6 +38,8 @@ _SEP = "|"
 BREAKER_LEVELS = {"closed": 0, "half_open": 1, "open": 2}
 #: Fleet-wide counters of `bot:stats` exposed as `bot_<name>_total`.
 FLEET_COUNTERS = ("recoveries", "lease_lost", "duplicates_skipped")
+#: The `op` label of every op name that is not registered here.
+UNKNOWN_OP = "unknown"
 
 
 def duration_bucket(seconds: float) -> str:
@@ -41,17 +48,27 @@ def duration_bucket(seconds: float) -> str:
     return "+Inf" if index == len(DURATION_BUCKETS_S) else repr(float(DURATION_BUCKETS_S[index]))
 
 
+def metric_op(name: str) -> str:
+    """The `op` label for an op name: the name of a registered op, else "unknown".
+
+    The name comes from the message (any `ops.*` task name a sender chose), so an unknown one
+    must not become a label or a hash field of its own: that would grow Redis and every
+    scrape without bound."""
+    return name if name in REGISTRY else UNKNOWN_OP
+
+
 def outcome_fields(op: str, status: str, duration_s: float) -> list[str]:
     """The metrics-hash fields the complete script increments by one for an ended attempt."""
+    label = metric_op(op)
     return [
-        _SEP.join(("jobs", op, status)),
-        _SEP.join(("duration", op, duration_bucket(duration_s))),
+        _SEP.join(("jobs", label, status)),
+        _SEP.join(("duration", label, duration_bucket(duration_s))),
     ]
 
 
 def duration_sum_field(op: str) -> str:
     """The metrics-hash field the complete script adds each attempt's milliseconds to."""
-    return _SEP.join(("duration_ms_sum", op, "total"))
+    return _SEP.join(("duration_ms_sum", metric_op(op), "total"))
 
 
 class WorkerCollector(Collector):
@@ -177,10 +194,13 @@ def fleet_metrics(stats: dict[str, str], outbox_len: int, dead_len: int) -> Iter
     yield GaugeMetricFamily("bot_outbox_dead", "Reports in the dead-letter stream.", value=dead_len)
 
 
-def serve(app: BotApp, port: int, instance_id: Callable[[], str | None]) -> Any:
-    """Start the /metrics HTTP server (a daemon thread) on `port`; return the server."""
+def serve(
+    app: BotApp, port: int, instance_id: Callable[[], str | None], addr: str = "127.0.0.1"
+) -> Any:
+    """Start the /metrics HTTP server (a daemon thread) on `addr`:`port` (BOT_METRICS_ADDR,
+    loopback unless told otherwise); return the server."""
     registry = CollectorRegistry()
     registry.register(WorkerCollector(app, instance_id))
-    server, _thread = start_http_server(port, registry=registry)
-    logger.info("metrics on :%d/metrics", port)
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    logger.info("metrics on %s:%d/metrics", addr, port)
     return server

@@ -55,7 +55,7 @@ def relay_service(context: FleetContext) -> Any:
 
 
 class MetricsServer:
-    """Serves /metrics on BOT_METRICS_PORT from the worker's main process."""
+    """Serves /metrics on BOT_METRICS_ADDR:BOT_METRICS_PORT from the worker's main process."""
 
     def __init__(self, context: FleetContext, port: int) -> None:
         self.context = context
@@ -65,7 +65,10 @@ class MetricsServer:
     def start(self) -> None:
         from bot.metrics import serve
 
-        self._server = serve(self.context.app, self.port, lambda: RUNTIME.instance_id)
+        settings = self.context.settings
+        self._server = serve(
+            self.context.app, self.port, lambda: RUNTIME.instance_id, settings.metrics_addr
+        )
 
     def stop(self) -> None:
         if self._server is not None:

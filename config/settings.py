@@ -6,10 +6,12 @@ Every variable DESIGN.md names is a field here. A bad or unknown `BOT_*` variabl
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -18,6 +20,19 @@ ENV_PREFIX = "BOT_"
 
 #: Schemes redis-py and kombu accept for a Redis connection.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: `ssl_cert_reqs` values that redis-py, kombu and Celery's result backend all accept.
+SSL_CERT_REQS = ("required", "optional", "none")
+#: What a rediss:// URL must say, shown when it does not (kombu would otherwise connect without
+#: checking the server's certificate, and Celery's result backend refuses to start).
+TLS_HINT = (
+    "a rediss:// URL must say how to check the server's certificate: add "
+    "?ssl_cert_reqs=required&ssl_ca_certs=/path/to/ca.pem "
+    "(ssl_cert_reqs: required, optional or none)"
+)
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -63,6 +78,7 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_addr: str = "127.0.0.1"
     key_prefix: str = Field("bot", min_length=1)
 
     @field_validator("redis_url", "result_url")
@@ -71,6 +87,21 @@ class Settings(BaseSettings):
         if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
             schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
             raise ValueError(f"must be a URL starting with one of {schemes}")
+        if value is not None:
+            check_tls_options(value)
+        return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _ip_or_host(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOST_NAME.match(value):
+                raise ValueError(
+                    "must be an IP address or host name to listen on (e.g. 127.0.0.1 or 0.0.0.0)"
+                ) from None
         return value
 
     @field_validator("report_url")
@@ -125,6 +156,20 @@ class Settings(BaseSettings):
 
     def redacted_redis_url(self) -> str:
         return redact_url(self.redis_url)
+
+
+def check_tls_options(url: str) -> None:
+    """ValueError (naming what to add) for a rediss:// URL without a usable `ssl_cert_reqs`.
+
+    Without it kombu's broker connection silently skips certificate checks (CERT_NONE) and
+    Celery's result backend refuses to start deep inside the worker; redis-py, kombu and Celery
+    all read the option from the query string, but only in lower case do all three accept it."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return
+    values = parse_qs(parts.query).get("ssl_cert_reqs", [])
+    if len(values) != 1 or values[0] not in SSL_CERT_REQS:
+        raise ValueError(TLS_HINT)
 
 
 def redact_url(url: str) -> str:

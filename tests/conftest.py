@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from bot.application import BotApp, create_app
-from tests.support.processes import WorkerProcess, bot_env
+from tests.support.processes import FAULT_OPS, WorkerProcess, bot_env
 from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer
 
@@ -81,11 +81,16 @@ def env(redis_url: str, state_dir: Path) -> dict[str, str]:
 
 @pytest.fixture
 def make_settings(redis_url: str, state_dir: Path) -> Callable[..., Any]:
-    """Settings for an in-process app against the test's Redis; keyword overrides."""
+    """Settings for an in-process app against the test's Redis, with the test-only ops;
+    keyword overrides."""
     from config.settings import Settings
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"redis_url": redis_url, "state_dir": state_dir}
+        values: dict[str, Any] = {
+            "redis_url": redis_url,
+            "state_dir": state_dir,
+            "ops_modules": [FAULT_OPS],
+        }
         values.update(overrides)
         return Settings(**values)
 

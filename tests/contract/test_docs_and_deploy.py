@@ -1,10 +1,12 @@
 """The README, compose file and Procfile agree with the code: every setting documented, the
-run commands the same everywhere, the compose file valid and production-minded."""
+run commands the same everywhere, the compose file valid and production-minded (no secret with
+a published fallback, Redis behind a password, Flower behind basic auth)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,19 +36,54 @@ def test_quick_start_is_two_commands_that_the_makefile_and_ci_run() -> None:
     assert "make test" in (ROOT / ".ci/run").read_text()
 
 
-def test_compose_file_runs_redis_with_aof_and_noeviction() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    redis_command = compose["services"]["redis"]["command"]
+def compose_services() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"])
+
+
+#: How the compose file must refer to the Redis password: required, no fallback.
+REDIS_PASSWORD = "${REDIS_PASSWORD:?"
+
+
+def test_compose_file_runs_redis_with_aof_noeviction_and_a_required_password() -> None:
+    redis_command = compose_services()["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     assert redis_command[redis_command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_command[redis_command.index("--requirepass") + 1].startswith(REDIS_PASSWORD)
 
 
-def test_compose_flower_is_behind_basic_auth_with_a_fixed_cookie_secret() -> None:
-    flower = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["flower"]
-    assert "FLOWER_BASIC_AUTH" in flower["environment"]
-    assert "FLOWER_COOKIE_SECRET" in flower["environment"]
-    assert "FLOWER_UNAUTHENTICATED_API" not in flower["environment"]
-    assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+def test_every_redis_url_in_the_compose_file_carries_the_password() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    urls = re.findall(r"rediss?://\S+", text)
+    assert urls, "the compose file names no Redis URL"
+    assert all(url.startswith(f"redis://:{REDIS_PASSWORD}") for url in urls), urls
+    for name in ("worker", "flower"):
+        assert compose_services()[name]["environment"]["BOT_REDIS_URL"].startswith(
+            f"redis://:{REDIS_PASSWORD}"
+        )
+
+
+def test_compose_flower_is_behind_basic_auth_with_a_required_cookie_secret() -> None:
+    environment = compose_services()["flower"]["environment"]
+    assert environment["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    # `:?` stops compose when it is unset; `:-` would fall back to a secret published here
+    assert environment["FLOWER_COOKIE_SECRET"].startswith("${FLOWER_COOKIE_SECRET:?")
+    assert ":-" not in environment["FLOWER_COOKIE_SECRET"]
+    assert "FLOWER_UNAUTHENTICATED_API" not in environment
+    assert all(port.startswith("127.0.0.1:") for port in compose_services()["flower"]["ports"])
+
+
+def test_compose_worker_serves_metrics_on_the_compose_network() -> None:
+    environment = compose_services()["worker"]["environment"]
+    assert environment["BOT_METRICS_ADDR"] == "0.0.0.0"
+    assert "ports" not in compose_services()["worker"]  # reachable by a Prometheus beside it
+
+
+def test_readme_compose_instructions_set_every_required_variable() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
+    production = readme().split("## Running in production", 1)[1].split("\n## ", 1)[0]
+    assert required == {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "FLOWER_COOKIE_SECRET"}
+    assert all(name in production for name in required)
 
 
 def test_compose_procfile_and_readme_start_the_same_worker_and_flower() -> None:
@@ -59,7 +96,7 @@ def test_compose_procfile_and_readme_start_the_same_worker_and_flower() -> None:
     assert "celery -A bot worker --autoscale=MAX,MIN" in readme()
     assert " ".join(compose["flower"]["command"]).startswith("celery -A bot flower")
     assert procfile["flower"].startswith("celery -A bot flower")
-    assert compose["worker"]["environment"]["BOT_REDIS_URL"] == "redis://redis:6379/0"
+    assert compose["worker"]["environment"]["BOT_REDIS_URL"].endswith("@redis:6379/0")
 
 
 def test_dockerfile_installs_the_packages_the_compose_file_runs() -> None:

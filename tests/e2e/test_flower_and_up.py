@@ -1,8 +1,17 @@
-"""Flower's HTTP API submits jobs; `bot up` runs a whole local fleet and stops what it started."""
+"""Flower's HTTP API submits jobs behind basic auth; `bot up` runs a whole local fleet (Flower
+with credentials it prints once) and stops what it started.
+
+Observed in Flower 2.2 with FLOWER_BASIC_AUTH: an API call without credentials gets 401; with
+`-u user:password` a POST works without any XSRF cookie; a browser's cross-site POST
+(`Sec-Fetch-Site: cross-site`, or an `Origin` of another host) gets 403 even with credentials;
+no `Access-Control-Allow-Origin` header is sent. FLOWER_UNAUTHENTICATED_API=true, which `bot up`
+used to set, skips the XSRF check and answers `Access-Control-Allow-Origin: *`."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,16 +24,50 @@ from typing import Any
 import pytest
 
 from bot.application import create_app
+from config.settings import Settings
 from tests.support.processes import BOT, REPO_ROOT, WorkerProcess, bot_env, run_bot, wait_for
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
+#: The credentials the `flower` fixture runs Flower with.
+FLOWER_AUTH = "tester:flower-test-password"
 
-def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
+
+def basic(credentials: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def json_request(
+    url: str,
+    body: dict[str, Any] | None,
+    auth: str | None,
+    headers: dict[str, str] | None = None,
+) -> urllib.request.Request:
+    """A request (a POST when there is a body) with basic auth when `auth` is given."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    sent = {"Content-Type": "application/json", **(basic(auth) if auth else {}), **(headers or {})}
+    return urllib.request.Request(url, data=data, headers=sent)
+
+
+def http(
+    url: str,
+    body: dict[str, Any] | None = None,
+    auth: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request: status, headers, body; an error status is an answer too."""
+    try:
+        with urllib.request.urlopen(json_request(url, body, auth, headers), timeout=10) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, auth: str | None = FLOWER_AUTH) -> Any:
+    """A JSON call to Flower's API, by default with the fixture's credentials; HTTPError
+    unless it succeeds."""
+    with urllib.request.urlopen(json_request(url, body, auth), timeout=10) as response:
         return json.loads(response.read() or b"null")
 
 
@@ -61,7 +104,7 @@ def flower(env: dict[str, str], tmp_path: Path) -> Any:
             "--address=127.0.0.1",
             f"--port={port}",
         ],
-        env={**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+        env={**env, "FLOWER_BASIC_AUTH": FLOWER_AUTH},
         cwd=REPO_ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -92,6 +135,35 @@ def test_flower_async_apply_runs_an_op_and_shows_its_worker(
     assert shown["result"] == "42"  # type: ignore[index]
 
 
+def test_flower_api_refuses_a_post_without_credentials(flower: str, redis_server: Any) -> None:
+    url = f"{flower}/api/task/async-apply/ops.sum"
+    payload = {"kwargs": {"a": 1, "b": 2}}
+
+    for auth in (None, "tester:wrong"):
+        status, headers, _ = http(url, payload, auth=auth)
+        assert status == 401
+        assert "Access-Control-Allow-Origin" not in headers
+    assert redis_server.client().llen("celery") == 0  # nothing was enqueued
+
+
+def test_flower_api_refuses_a_cross_site_post_even_with_credentials(flower: str) -> None:
+    # what a browser sends for a page elsewhere posting to Flower: fetch metadata, or an Origin
+    url = f"{flower}/api/task/async-apply/ops.sum"
+    payload = {"kwargs": {"a": 1, "b": 2}}
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://evil.example"}):
+        status, answer, _ = http(url, payload, auth=FLOWER_AUTH, headers=headers)
+        assert status == 403, headers
+        assert "Access-Control-Allow-Origin" not in answer
+
+
+def test_flower_api_with_credentials_sends_no_cors_header(flower: str) -> None:
+    status, headers, _ = http(
+        f"{flower}/api/task/async-apply/ops.nope", {"kwargs": {}}, auth=FLOWER_AUTH
+    )
+    assert status == 404  # authenticated and past the XSRF check without any cookie
+    assert "Access-Control-Allow-Origin" not in headers
+
+
 def test_flower_answers_404_for_an_unknown_op(flower: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as raised:
         http_json(f"{flower}/api/task/async-apply/ops.nope", {"kwargs": {}})
@@ -113,9 +185,17 @@ def test_flower_reads_queue_lengths_through_its_redis_broker_client(
     assert [(q["name"], type(q["messages"])) for q in queues] == [("celery", int)]  # type: ignore[attr-defined]
 
 
+def printed_credentials(log: str) -> str:
+    """The `user:password` `bot up` printed for Flower."""
+    found = re.search(r"user:password  (\S+)", log)
+    assert found, f"bot up printed no Flower credentials:\n{log[-2000:]}"
+    return found.group(1)
+
+
 def test_bot_up_starts_redis_worker_and_flower_then_stops_them(tmp_path: Path) -> None:
     redis_port, flower_port = free_port(), free_port()
     env = bot_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path / "state")
+    env.pop("FLOWER_BASIC_AUTH", None)  # bot up makes its own
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [BOT, "up", "--autoscale=2,1", f"--flower-port={flower_port}"],
@@ -132,6 +212,16 @@ def test_bot_up_starts_redis_worker_and_flower_then_stops_them(tmp_path: Path) -
         assert done.stdout.strip() == "3", done.stderr
         assert (tmp_path / "state" / "redis" / "appendonlydir").is_dir()  # private Redis, AOF on
 
+        # Flower's API: refused without the credentials `bot up` printed, working with them
+        base = f"http://127.0.0.1:{flower_port}"
+        credentials = printed_credentials((tmp_path / "up.log").read_text(errors="replace"))
+        url = f"{base}/api/task/async-apply/ops.sum"
+        status, headers, _ = http(url, {"kwargs": {"a": 1, "b": 2}})
+        assert status == 401 and "Access-Control-Allow-Origin" not in headers
+        sent = http_json(url, {"kwargs": {"a": 20, "b": 22}}, auth=credentials)
+        app = create_app(Settings(redis_url=env["BOT_REDIS_URL"], state_dir=tmp_path / "state"))
+        assert app.AsyncResult(sent["task-id"]).get(timeout=30) == 42
+
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
     finally:
@@ -140,6 +230,8 @@ def test_bot_up_starts_redis_worker_and_flower_then_stops_them(tmp_path: Path) -
         log.close()
     text = (tmp_path / "up.log").read_text(errors="replace")
     assert "started a private redis-server" in text
+    assert text.count(credentials) == 2  # printed once: the login line and the curl example
+    assert "FLOWER_UNAUTHENTICATED_API" not in text
     assert not answers(f"http://127.0.0.1:{flower_port}/healthcheck")
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"--port {redis_port}" not in ps

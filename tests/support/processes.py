@@ -15,16 +15,21 @@ from typing import Self
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
 BOT = str(BIN_DIR / "bot")
+#: The test-only ops (`touch`, `crash`), loaded through BOT_OPS_MODULES; named, not imported,
+#: so importing this module registers nothing.
+FAULT_OPS = "tests.support.fault_ops"
 
 
 def bot_env(
     redis_url: str, state_dir: Path, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of a bot process: this one's, minus any BOT_*, plus the given values."""
+    """The environment of a bot process: this one's, minus any BOT_*, plus the test-only ops
+    and the given values."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
     env.update(
         BOT_REDIS_URL=redis_url,
         BOT_STATE_DIR=str(state_dir),
+        BOT_OPS_MODULES=FAULT_OPS,
         PYTHONUNBUFFERED="1",
         PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
     )

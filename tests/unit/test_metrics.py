@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 from bot.metrics import (
+    UNKNOWN_OP,
     breaker_levels,
     duration_bucket,
     duration_sum_field,
     job_metrics,
+    metric_op,
     outcome_fields,
+    serve,
 )
 
 
@@ -48,3 +53,38 @@ def test_breaker_levels_read_from_record_fields() -> None:
     }
     assert breaker_levels(record) == {"heartbeat": 0, "sink:http": 2}
     assert breaker_levels({"breakers": "not json"}) == {}
+
+
+def test_only_registered_ops_become_labels() -> None:
+    long_name = "x" * 5000  # any `ops.*` name a sender chose
+    assert metric_op("sum") == "sum"
+    assert metric_op(long_name) == UNKNOWN_OP == "unknown"
+    assert outcome_fields(long_name, "rejected", 0.001) == [
+        "jobs|unknown|rejected",
+        "duration|unknown|0.005",
+    ]
+    assert duration_sum_field(long_name) == "duration_ms_sum|unknown|total"
+    assert duration_sum_field("sum") == "duration_ms_sum|sum|total"
+
+
+def test_unknown_ops_share_one_label_in_the_scrape() -> None:
+    counts: dict[str, str] = {}
+    for op in ("sum", "a" * 5000, "b" * 5000):
+        for field in outcome_fields(op, "rejected", 0.001):
+            counts[field] = str(int(counts.get(field, 0)) + 1)
+
+    jobs, _ = list(job_metrics(counts))
+
+    assert {s.labels["op"]: s.value for s in jobs.samples} == {"sum": 1, "unknown": 2}
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
+    server = serve(None, 0, lambda: None)  # type: ignore[arg-type]
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()

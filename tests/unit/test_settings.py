@@ -29,6 +29,7 @@ def test_defaults_match_design() -> None:
     assert settings.max_recoveries == 3
     assert settings.key_prefix == "bot"
     assert settings.log_format == "console"
+    assert settings.metrics_addr == "127.0.0.1"  # /metrics is not open to the network
 
 
 def test_values_come_from_bot_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,3 +111,50 @@ def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_redact_url(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0", "::", "10.1.2.3", "metrics.internal", "localhost"])
+def test_metrics_addr_takes_an_ip_address_or_host(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("BOT_METRICS_ADDR", value)
+    assert load_settings().metrics_addr == value
+
+
+@pytest.mark.parametrize("value", ["", "0.0.0.0:9100", "http://x", "a b", "-bad-"])
+def test_metrics_addr_refuses_anything_else(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("BOT_METRICS_ADDR", value)
+    with pytest.raises(ConfigError, match="BOT_METRICS_ADDR: must be an IP address or host name"):
+        load_settings()
+
+
+@pytest.mark.parametrize("name", ["BOT_REDIS_URL", "BOT_RESULT_URL"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://:secret@redis.example:6380/0",
+        "rediss://redis.example:6380/0?ssl_ca_certs=/etc/ca.pem",
+        "rediss://redis.example:6380/0?ssl_cert_reqs=CERT_REQUIRED",  # redis-py refuses it
+        "rediss://redis.example:6380/0?ssl_cert_reqs=maybe",
+    ],
+)
+def test_rediss_without_certificate_options_is_one_line_naming_what_to_add(
+    monkeypatch: pytest.MonkeyPatch, name: str, url: str
+) -> None:
+    monkeypatch.setenv(name, url)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert message.startswith(f"invalid configuration: {name}: a rediss:// URL must say")
+    assert "ssl_cert_reqs=required&ssl_ca_certs=" in message
+    assert "\n" not in message and "secret" not in message
+    assert raised.value.code == 2
+
+
+@pytest.mark.parametrize("reqs", ["required", "optional", "none"])
+def test_rediss_with_ssl_cert_reqs_is_accepted(monkeypatch: pytest.MonkeyPatch, reqs: str) -> None:
+    url = f"rediss://:pw@redis.example:6380/0?ssl_cert_reqs={reqs}&ssl_ca_certs=/etc/ca.pem"
+    monkeypatch.setenv("BOT_REDIS_URL", url)
+    monkeypatch.setenv("BOT_RESULT_URL", url)
+    settings = load_settings()
+    assert settings.redis_url == settings.result_backend_url == url

@@ -2,6 +2,11 @@
 
 Both count each execution of their body in Redis (`Keys.fault_touches(job_id)`), so a test
 can tell "the job ended once" (one report) from "its body ran once" (one touch).
+
+They live here, not in `tasks/`, so no production worker has them (`crash` would let anyone who
+can submit kill pool children); tests and benchmarks load them through BOT_OPS_MODULES
+(`tests.support.processes.FAULT_OPS`): `bot_env` for subprocesses, the `make_settings` fixture
+for in-process apps.
 """
 
 from __future__ import annotations
