@@ -235,10 +235,7 @@ class Relay:
         key = (entry.stream, entry.id)
         self._maybe_touch()
         self._maybe_flush_acks()  # a slow sink must not keep earlier deliveries unacked
-        try:  # before the breaker: a report no request can carry tells nothing about the sink
-            self.sink.check(entry.job_id, entry.report)
-        except DeliveryRejected as exc:
-            self._rejected(entry, str(exc))
+        if self._refused_by_check(entry):
             return 1
         if not self.breaker.allow():
             self._retry_at[key] = 0.0  # not attempted: due as soon as the breaker lets it
@@ -267,6 +264,20 @@ class Relay:
         self.counters["delivered"] += 1
         self._ack(entry.stream, entry.id)
         return 1
+
+    def _refused_by_check(self, entry: Entry) -> bool:
+        """Asked before the breaker: a report no request can carry tells nothing about the
+        sink, so it is dead-lettered without taking a half-open trial or counting a failure."""
+        try:
+            self.sink.check(entry.job_id, entry.report)
+        except DeliveryRejected as exc:
+            self._rejected(entry, str(exc))
+            return True
+        except Exception:  # a check that crashes decides nothing: deliver() will tell
+            logger.exception(
+                "relay %s: sink check raised on %s", self.group, printable(entry.job_id)
+            )
+        return False
 
     def _failed(self, entry: Entry, reason: str) -> None:
         key = (entry.stream, entry.id)

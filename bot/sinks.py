@@ -155,6 +155,13 @@ class HttpSink:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.name = name
+        if token is not None and not _HEADER_VALUE.fullmatch(token):
+            # Else every request would fail to be written (each report dead-lettered as if
+            # it were at fault) and h11's error would quote the header, token included.
+            raise ValueError(
+                "BOT_REPORT_TOKEN is not a valid HTTP header value (a control or non-ASCII "
+                "character, or whitespace at either end)"
+            )
         # httpx logs every request at INFO; a relay would log one line per report.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         # A bearer token wins over user:password in the URL (httpx would send Basic instead);
@@ -190,9 +197,12 @@ class HttpSink:
         deadline = time.monotonic() + self.timeout_s
         try:
             status, answer, encoded = self._post(job_id, body, deadline)
-        except httpx.LocalProtocolError as exc:
-            # h11 refused to write the request (nothing was sent): about this report.
-            raise DeliveryRejected(f"LocalProtocolError: {printable(str(exc))}") from None
+        except httpx.LocalProtocolError:
+            # h11 refused to write the request (nothing was sent): about this report, the only
+            # part not checked at start. Its message may quote headers: not repeated.
+            raise DeliveryRejected(
+                "the request could not be written (LocalProtocolError)"
+            ) from None
         except httpx.TimeoutException as exc:
             if time.monotonic() >= deadline:
                 raise DeliveryFailed(f"deadline of {self.timeout_s:g}s passed") from None

@@ -188,3 +188,17 @@ def test_repr_and_redaction_hide_secrets() -> None:
     sink = sink_answering(200, [])
     assert TOKEN not in repr(sink) and "pw" not in repr(sink)
     assert redact_http_url("https://u:p@h:8443/r?token=x") == "https://h:8443/r"
+
+
+@pytest.mark.parametrize("token", ["s3cret\n", "s3cret\r\nX-Evil: 1", " s3cret", "sécret"])
+def test_a_token_no_header_can_carry_is_refused_at_start_without_quoting_it(token: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        HttpSink("https://receiver.test/r", token)
+    assert "cret" not in str(raised.value)
+
+
+def test_a_request_h11_refuses_to_write_is_a_rejection_that_quotes_no_header() -> None:
+    refused = httpx.LocalProtocolError(f"Illegal header value b'Bearer {TOKEN}\\n'")
+    with pytest.raises(DeliveryRejected) as raised:
+        sink_answering(refused, []).deliver("job-1", "{}")
+    assert TOKEN not in str(raised.value)
