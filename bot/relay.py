@@ -10,8 +10,12 @@ Its consumer name is the worker's instance id, so each relay's pending list is i
 3. read new entries (none while the breaker is open; one while it is half-open);
 4. every `trim_interval_s`, trim the streams (never past what any group owes).
 
-Each delivery goes through the relay's own CircuitBreaker. A failure leaves the entry pending;
-once its delivery count reaches `max_deliveries` it moves to `bot:outbox:dead`. An ack that
+Each delivery goes through the relay's own CircuitBreaker. A failure (`DeliveryFailed`: 5xx,
+408, 429, timeout, connection error) counts against it and leaves the entry pending; once its
+delivery count reaches `max_deliveries` it moves to `bot:outbox:dead`. A rejection
+(`DeliveryRejected`: the report cannot make a valid request, or the sink answered a 4xx about
+it) moves that entry to `bot:outbox:dead` at once and counts nothing against the sink, so one
+bad report cannot open the breaker and hold back the good ones. An ack that
 fails because Redis went away is kept and retried first, so a delivered report is not sent
 again after a Redis restart. Acks are grouped (ACK_BATCH / ACK_MAX_DELAY_S): only a relay
 killed between a POST and its XACK re-sends reports, at most ACK_BATCH of them; the receiver
@@ -32,9 +36,10 @@ import redis
 
 from bot.backoff import full_jitter
 from bot.breaker import BreakerState, CircuitBreaker
+from bot.envelope import printable
 from bot.keys import Keys
 from bot.outbox import OUTBOX_MAX_AGE_S, OUTBOX_MAX_LEN, Entry, Outbox
-from bot.sinks import DeliveryFailed, Sink
+from bot.sinks import DeliveryFailed, DeliveryRejected, Sink
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -118,7 +123,16 @@ class Relay:
         self._due: dict[str, float] = {"claim": 0.0, "touch": 0.0, "trim": 0.0}
         self._groups_ready = False
         self.counters = dict.fromkeys(
-            ("delivered", "failed", "dead_lettered", "claimed", "trimmed", "redis_errors"), 0
+            (
+                "delivered",
+                "failed",
+                "rejected",
+                "dead_lettered",
+                "claimed",
+                "trimmed",
+                "redis_errors",
+            ),
+            0,
         )
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -221,17 +235,27 @@ class Relay:
         key = (entry.stream, entry.id)
         self._maybe_touch()
         self._maybe_flush_acks()  # a slow sink must not keep earlier deliveries unacked
+        if self._refused_by_check(entry):
+            return 1
         if not self.breaker.allow():
             self._retry_at[key] = 0.0  # not attempted: due as soon as the breaker lets it
             return 0
         try:
             self.sink.deliver(entry.job_id, entry.report)
+        except DeliveryRejected as exc:
+            # The sink answered (a 4xx): it is up. A success for the breaker, which also ends
+            # a half-open trial; the report alone is at fault.
+            self.breaker.record_success()
+            self._rejected(entry, str(exc))
+            return 1
         except DeliveryFailed as exc:
             self.breaker.record_failure()
             self._failed(entry, str(exc))
             return 1
         except Exception as exc:  # a sink bug must not kill the relay; the entry stays owed
-            logger.exception("relay %s: sink raised delivering %s", self.group, entry.job_id)
+            logger.exception(
+                "relay %s: sink raised delivering %s", self.group, printable(entry.job_id)
+            )
             self.breaker.record_failure()
             self._failed(entry, f"{type(exc).__name__}: {exc}")
             return 1
@@ -241,27 +265,52 @@ class Relay:
         self._ack(entry.stream, entry.id)
         return 1
 
+    def _refused_by_check(self, entry: Entry) -> bool:
+        """Asked before the breaker: a report no request can carry tells nothing about the
+        sink, so it is dead-lettered without taking a half-open trial or counting a failure."""
+        try:
+            self.sink.check(entry.job_id, entry.report)
+        except DeliveryRejected as exc:
+            self._rejected(entry, str(exc))
+            return True
+        except Exception:  # a check that crashes decides nothing: deliver() will tell
+            logger.exception(
+                "relay %s: sink check raised on %s", self.group, printable(entry.job_id)
+            )
+        return False
+
     def _failed(self, entry: Entry, reason: str) -> None:
         key = (entry.stream, entry.id)
         self.counters["failed"] += 1
         self.last_error = reason
         if entry.deliveries >= self.config.max_deliveries:
             self._retry_at.pop(key, None)
-            dead = self.outbox.dead_letter(entry, self.group, reason)
-            if dead not in ("gone", "acked"):
-                self.counters["dead_lettered"] += 1
-                logger.warning(
-                    "relay %s: job %s dead-lettered after %d deliveries (%s)",
-                    self.group,
-                    entry.job_id,
-                    entry.deliveries,
-                    reason,
-                )
+            self._dead_letter(entry, reason, f"after {entry.deliveries} deliveries")
             return
         delay = full_jitter(
             entry.deliveries - 1, self.config.retry_base_s, self.config.retry_max_s, self._rand
         )
         self._retry_at[key] = self._clock() + delay
+
+    def _rejected(self, entry: Entry, reason: str) -> None:
+        """A report the sink can never take as it is: dead-lettered now, whatever its count
+        (retrying would only hold a pending slot and, before, open the breaker for all)."""
+        self._retry_at.pop((entry.stream, entry.id), None)
+        self.counters["rejected"] += 1
+        self._dead_letter(entry, reason, "at once (rejected)")
+
+    def _dead_letter(self, entry: Entry, reason: str, when: str) -> None:
+        dead = self.outbox.dead_letter(entry, self.group, reason)
+        if dead in ("gone", "acked"):
+            return
+        self.counters["dead_lettered"] += 1
+        logger.warning(
+            "relay %s: job %s dead-lettered %s (%s)",
+            self.group,
+            printable(entry.job_id),
+            when,
+            printable(reason, 500),
+        )
 
     def _ack(self, stream: str, entry_id: str) -> None:
         """Queue the ack; XACK in groups of ACK_BATCH or after ACK_MAX_DELAY_S (one round trip

@@ -1,14 +1,23 @@
-"""`bot outbox [stats|dead|replay ID|replay --all]`: the report stream as operators see it."""
+"""`bot outbox [stats|dead|replay ID|replay --all]`: the report stream as operators see it.
+
+Every string read from Redis or typed by the user is printed through `printable` (job ids,
+group names and dead-letter reasons come from senders and receivers: a raw CR or escape
+sequence would forge lines on the operator's terminal); `--json` output is escaped by JSON."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import click
 
 from bot.cli import EXIT_FAILED, EXIT_USAGE
+from bot.envelope import printable
 from bot.outbox import Outbox
+
+#: A stream entry id, as `bot outbox dead` lists them.
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 def _outbox() -> Outbox:
@@ -18,7 +27,7 @@ def _outbox() -> Outbox:
 
 
 def _print_stats(stats: dict[str, Any]) -> None:
-    click.echo(f"stream        {stats['stream']}")
+    click.echo(f"stream        {printable(stats['stream'])}")
     click.echo(f"length        {stats['length']}")
     click.echo(f"dead          {stats['dead']}")
     click.echo(f"oldest owed   {stats['oldest_pending_age_s']:.1f}s")
@@ -28,9 +37,16 @@ def _print_stats(stats: dict[str, Any]) -> None:
     click.echo(f"{'group':<16}{'consumers':>10}{'pending':>9}{'unread':>9}{'replay':>8}  oldest")
     for g in stats["groups"]:
         click.echo(
-            f"{g['group']:<16}{g['consumers']:>10}{g['pending']:>9}{g['unread']:>9}"
+            f"{printable(g['group']):<16}{g['consumers']:>10}{g['pending']:>9}{g['unread']:>9}"
             f"{g['replay_owed']:>8}  {g['oldest_owed_age_s']:.1f}s"
         )
+
+
+def _dead_line(row: dict[str, str]) -> str:
+    fields = ("job_id", "group", "deliveries")
+    job, group, deliveries = (printable(row.get(f, "")) for f in fields)
+    reason = printable(row.get("reason", ""), 600)  # outbox.dead_letter keeps 500
+    return f"{printable(row['id'])}  job {job}  sink {group}  deliveries {deliveries}  {reason}"
 
 
 @click.group(invoke_without_command=True)
@@ -61,10 +77,7 @@ def dead(limit: int, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(row))
         else:
-            click.echo(
-                f"{row['id']}  job {row.get('job_id', '')}  sink {row.get('group', '')}  "
-                f"deliveries {row.get('deliveries', '')}  {row.get('reason', '')}"
-            )
+            click.echo(_dead_line(row))
 
 
 @outbox.command()
@@ -75,6 +88,9 @@ def replay(dead_id: str | None, replay_all: bool) -> None:
     if bool(dead_id) == replay_all:
         click.echo("bot: give one DEAD_ID or --all", err=True)
         raise SystemExit(EXIT_USAGE)
+    if dead_id and not _STREAM_ID.fullmatch(dead_id):  # Redis would answer with an error
+        click.echo(f"bot: not a dead report id: {printable(dead_id)}", err=True)
+        raise SystemExit(EXIT_USAGE)
     box = _outbox()
     if replay_all:
         click.echo(f"replayed {box.replay_all()}")
@@ -82,9 +98,9 @@ def replay(dead_id: str | None, replay_all: bool) -> None:
     assert dead_id is not None
     new_id = box.replay(dead_id)
     if new_id is None:
-        click.echo(f"bot: no dead report {dead_id}", err=True)
+        click.echo(f"bot: no dead report {printable(dead_id)}", err=True)
         raise SystemExit(EXIT_FAILED)
-    click.echo(f"replayed {dead_id} as {new_id}")
+    click.echo(f"replayed {printable(dead_id)} as {printable(new_id)}")
 
 
 COMMANDS: list[click.Command] = [outbox]

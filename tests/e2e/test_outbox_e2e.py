@@ -1,7 +1,8 @@
 """Reports end to end: real `celery -A bot worker` processes end jobs and append reports,
-real `python -m bot.relay` processes deliver them to a real HTTP receiver on loopback, the real
-`bot outbox` CLI inspects and replays. Faults: receiver down, relay kill -9, receiver always
-500, redis-server restarted (AOF) mid-run."""
+real `python -m bot.relay` processes (or the worker's own relay) deliver them to a real HTTP
+receiver on loopback, the real `bot outbox` CLI inspects and replays. Faults: receiver down,
+relay kill -9, receiver always 500, receiver refusing some reports with 400, redis-server
+restarted (AOF) mid-run."""
 
 from __future__ import annotations
 
@@ -193,7 +194,9 @@ def test_a_relay_killed_mid_delivery_has_its_entries_claimed_by_another(
 
     # Then the other relay claims the dead one's pending entries and delivers every report
     wait_for(lambda: delivered_exactly(receiver, job_ids), 60, "all 30 delivered")
-    assert rescuer.status()["claimed"] >= 1
+    # the claim may come after the last new report is delivered: the dead relay's pending
+    # entry can be one the receiver had already accepted (killed before its XACK)
+    wait_for(lambda: rescuer.status()["claimed"] >= 1, 30, "the dead relay's entries claimed")
     wait_for(lambda: owed(relay_env) == 0, 10, "nothing owed")
     # only reports POSTed but not yet acked at the kill are sent twice: with a slow receiver
     # acks go out before each next POST, so at most the one in flight (the receiver dedupes)
@@ -277,3 +280,43 @@ def test_redis_restarted_mid_run_loses_and_duplicates_no_report(
     entries = outbox_entries(private_redis.client())
     assert Counter(f["job_id"] for _, f in entries) == dict.fromkeys(job_ids, 1)
     assert max(receiver.accepted_counts().values()) == 1
+
+
+def test_reports_the_receiver_refuses_are_dead_lettered_and_the_worker_stays_ready(
+    make_settings: Callable[..., Any],
+    workers: Callable[..., WorkerProcess],
+    receiver: Receiver,
+    env: dict[str, str],
+) -> None:
+    # Given a worker whose own relay delivers to a receiver that answers 400 to 4 job ids
+    # (more than the breaker threshold of 3) and 200 to the rest
+    refused = {f"refused-{i}" for i in range(4)}
+    receiver.statuses = dict.fromkeys(refused, 400)
+    receiver.body = b"unknown op"
+    report_env = {"BOT_REPORT_URL": receiver.url, "BOT_REPORT_TOKEN": TOKEN}
+    workers("w1", extra_env={**FAST, **report_env, "BOT_OUTBOX_MAX_DELIVERIES": "1000"})
+    client = Client(create_app(make_settings()))
+
+    # When the refused jobs run in a row, among 10 others
+    good = {client.submit("sum", {"a": i, "b": 1}).job_id for i in range(5)}
+    for job_id in sorted(refused):
+        client.submit("sum", {"a": 1, "b": 1}, job_id=job_id)
+    good |= {client.submit("sum", {"a": i, "b": 2}).job_id for i in range(5)}
+
+    # Then the 10 are delivered once and the 4 dead-lettered on their first answer
+    wait_for(lambda: delivered_exactly(receiver, good), 60, "10 reports delivered")
+    wait_for(lambda: outbox_stats(env)["dead"] == 4, 30, "4 dead letters")
+    listed = run_bot(env, "outbox", "dead", "--json").stdout.splitlines()
+    dead = {d["job_id"]: (d["deliveries"], d["reason"]) for d in map(json.loads, listed)}
+    assert dead == dict.fromkeys(refused, ("1", "HTTP 400: unknown op"))
+    assert Counter(r.job_id for r in receiver.requests if r.status == 400) == dict.fromkeys(
+        refused, 1
+    )
+    assert owed(env) == 0
+
+    # And the worker never left READY/PROCESSING: its sink breaker stayed closed
+    done = run_bot(env, "fleet", "--json")
+    (row,) = json.loads(done.stdout)
+    assert row["state"] in ("READY", "PROCESSING"), row
+    assert row["breakers"]["sink:http"] == {"state": "closed", "failures": 0}, row
+    assert not any("DEGRADED" in move for move in row["transitions"]), row["transitions"]

@@ -1,6 +1,7 @@
 """The relay against a real redis-server and a real HTTP receiver on loopback, in-process:
 headers, breaker through a receiver outage, several relays on one group, claiming a dead
-consumer's entries, dead letters and replay, a Redis restart mid-drain, trimming."""
+consumer's entries, dead letters and replay, reports the receiver refuses (4xx) or no request
+can carry dead-lettered at once with the breaker closed, a Redis restart mid-drain, trimming."""
 
 from __future__ import annotations
 
@@ -197,6 +198,41 @@ def test_refused_reports_are_dead_lettered_then_replayed(
     wait_for(lambda: delivered_once(receiver, 10), 15, "the replayed reports")
     assert max(receiver.accepted_counts().values()) == 1
     assert box.stats()["dead"] == 0
+
+
+def test_a_400_for_some_reports_dead_letters_them_at_first_answer_and_the_rest_flow(
+    redis_server: RedisServer, receiver: Receiver, relays: Callable[..., Relay]
+) -> None:
+    # Given a receiver that answers 400 to 5 of 30 reports (more than the breaker threshold of
+    # 3, in a row), and two reports whose job id no header can carry
+    client = redis_server.client()
+    box = Outbox(client, KEYS)
+    refused = {f"j{i}" for i in (3, 4, 5, 6, 20)}
+    receiver.statuses = dict.fromkeys(refused, 400)
+    receiver.body = b"unknown op"
+    append(client, 30)
+    unsendable = {"bad\r\nX-Injected: 1", "caf\u00e9"}
+    for job_id in unsendable:
+        client.xadd(KEYS.outbox, {"job_id": job_id, "report": json.dumps({"job_id": job_id})})
+
+    # When the relay runs (up to 1000 deliveries per report before a dead letter)
+    relay = relays()
+
+    # Then the 25 others are delivered once, and the 7 bad ones dead-lettered on their first
+    # answer (the unsendable ones never sent), with no failure counted against the sink
+    good = {f"j{i}" for i in range(30)} - refused
+    wait_for(lambda: set(receiver.accepted_counts()) == good, 15, "25 reports delivered")
+    wait_for(lambda: box.stats()["dead"] == 7, 10, "7 dead letters")
+    dead = {d["job_id"]: d for d in box.dead()}
+    assert set(dead) == refused | unsendable
+    assert {dead[j]["deliveries"] for j in dead} == {"1"}
+    assert {dead[j]["reason"] for j in refused} == {"HTTP 400: unknown op"}
+    assert all("header" in dead[j]["reason"] for j in unsendable)
+    assert sorted(r.job_id for r in receiver.requests if r.status == 400) == sorted(refused)
+    snap = relay.snapshot()
+    assert (snap["failed"], snap["rejected"], snap["delivered"]) == (0, 7, 25)
+    assert relay.breaker.state is BreakerState.CLOSED and relay.breaker.failures == 0
+    wait_for(lambda: box.stats()["groups"][0]["owed"] == 0, 10, "nothing owed")
 
 
 def test_redis_restart_mid_drain_loses_and_duplicates_nothing(

@@ -1,6 +1,9 @@
 """A real HTTP report receiver on loopback for relay tests: records every POST (job id from the
 body, Idempotency-Key, Authorization) and can answer 200, answer 500, be slow, or be down
-(its listening socket closed, so connections are refused)."""
+(its listening socket closed, so connections are refused). Hostile answers: a status per job
+id (`statuses`), a body with the answer (`body`), a huge streamed body (`stream_bytes`, what
+was really sent counted in `sent_bytes`), or the whole answer trickled one byte every
+`trickle_s` seconds (from the status line, or from the body with `trickle_body_only`)."""
 
 from __future__ import annotations
 
@@ -28,6 +31,12 @@ class Receiver:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.status = 200
+        self.statuses: dict[str, int] = {}  # job id -> status, instead of `status`
+        self.body = b""
+        self.stream_bytes = 0
+        self.sent_bytes = 0
+        self.trickle_s = 0.0
+        self.trickle_body_only = False
         self.delay_s = 0.0
         self.requests: list[Received] = []
         self._lock = threading.Lock()
@@ -48,10 +57,11 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)
-                receiver._record(self.headers, body)
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                status = receiver._record(self.headers, body)
+                try:
+                    receiver._answer(self, status)
+                except OSError:  # the client hung up (it stopped reading or gave up): fine
+                    self.close_connection = True
 
             def log_message(self, *_: Any) -> None:  # quiet
                 pass
@@ -69,18 +79,57 @@ class Receiver:
         self._server.server_close()
         self._server = None
 
-    def _record(self, headers: Any, body: bytes) -> None:
+    def _record(self, headers: Any, body: bytes) -> int:
         report = json.loads(body)
+        job_id = report.get("job_id", "")
+        status = self.statuses.get(job_id, self.status)
         with self._lock:
             self.requests.append(
                 Received(
-                    report.get("job_id", ""),
+                    job_id,
                     headers.get("Idempotency-Key"),
                     headers.get("Authorization"),
-                    self.status,
+                    status,
                     report,
                 )
             )
+        return status
+
+    def _answer(self, handler: BaseHTTPRequestHandler, status: int) -> None:
+        # HTTP/1.0 as before: one request per connection, closed after the answer.
+        length = self.stream_bytes or len(self.body)
+        head = (
+            f"HTTP/1.0 {status} Answer\r\nContent-Length: {length}\r\n"
+            "Content-Type: text/plain\r\n\r\n"
+        ).encode()
+        out = handler.wfile
+        if self.trickle_s:
+            if self.trickle_body_only:
+                out.write(head)
+            else:
+                self._trickle(out, head)
+            self._trickle(out, self.body)
+        elif self.stream_bytes:
+            out.write(head)
+            self._stream(out, self.stream_bytes)
+        else:
+            out.write(head + self.body)
+        out.flush()
+
+    def _trickle(self, out: Any, data: bytes) -> None:
+        for i in range(len(data)):
+            out.write(data[i : i + 1])
+            out.flush()
+            time.sleep(self.trickle_s)
+
+    def _stream(self, out: Any, size: int) -> None:
+        chunk = b"x" * 65536
+        while size > 0:
+            piece = chunk[: min(size, len(chunk))]
+            out.write(piece)
+            size -= len(piece)
+            with self._lock:
+                self.sent_bytes += len(piece)
 
     def accepted(self) -> list[Received]:
         """Requests answered 2xx (what a real receiver would have kept)."""

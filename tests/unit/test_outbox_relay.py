@@ -1,6 +1,7 @@
 """The relay's decisions with an injected clock and a scripted sink, on fakeredis: per-entry
 backoff, the breaker (no reads while open, one trial half-open), dead-lettering after the
-configured deliveries, and that a delivered entry is acked exactly once."""
+configured deliveries, rejected reports dead-lettered at once without touching the breaker,
+and that a delivered entry is acked exactly once."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from bot.breaker import BreakerState
 from bot.keys import Keys
 from bot.outbox import Outbox
 from bot.relay import Relay, RelayConfig
-from bot.sinks import DeliveryFailed
+from bot.sinks import DeliveryFailed, DeliveryRejected
 
 KEYS = Keys("bot")
 
@@ -36,10 +37,18 @@ class ScriptedSink:
     def __init__(self) -> None:
         self.ok = True
         self.calls: list[str] = []
+        self.refused: set[str] = set()  # deliver() answers these with a 4xx
+        self.malformed: set[str] = set()  # check() rejects these
+
+    def check(self, job_id: str, report_json: str) -> None:
+        if job_id in self.malformed:
+            raise DeliveryRejected("job id is not a valid header value")
 
     def deliver(self, job_id: str, report_json: str) -> None:
         self.calls.append(job_id)
         assert json.loads(report_json)["job_id"] == job_id
+        if job_id in self.refused:
+            raise DeliveryRejected("HTTP 400: no such op")
         if not self.ok:
             raise DeliveryFailed("HTTP 500")
 
@@ -156,3 +165,68 @@ def test_snapshot_shape(client: fakeredis.FakeRedis) -> None:
     snap = relay.snapshot()
     assert snap["group"] == "http" and snap["consumer"] == "me" and snap["running"] is False
     assert snap["breaker"] == {"state": "closed", "failures": 0}
+
+
+def test_a_rejected_report_is_dead_lettered_at_once_and_never_trips_the_breaker(
+    client: fakeredis.FakeRedis,
+) -> None:
+    # Given a sink that refuses 4 of 10 reports with a 4xx, and a breaker threshold of 2
+    sink, clock = ScriptedSink(), Clock()
+    relay = make_relay(client, sink, clock, max_deliveries=10, breaker_threshold=2)
+    sink.refused = {"j1", "j2", "j3", "j7"}
+    append(client, *[f"j{i}" for i in range(10)])
+
+    # When one pass runs
+    relay.run_once()
+    clock.now += 60
+    assert relay.run_once() == 0  # nothing left to retry
+
+    # Then each is tried once: the refused ones dead-lettered on their first answer, the rest
+    # delivered, and the breaker never counted a failure
+    assert sink.calls == [f"j{i}" for i in range(10)]
+    box = Outbox(client, KEYS)
+    dead = {d["job_id"]: (d["deliveries"], d["reason"]) for d in box.dead()}
+    assert dead == dict.fromkeys(sink.refused, ("1", "HTTP 400: no such op"))
+    assert relay.breaker.state is BreakerState.CLOSED and relay.breaker.failures == 0
+    snap = relay.snapshot()
+    assert (snap["delivered"], snap["rejected"], snap["failed"]) == (6, 4, 0)
+    assert box.pending(KEYS.outbox, "http", 10) == []
+
+
+def test_a_report_no_request_can_carry_never_reaches_deliver(
+    client: fakeredis.FakeRedis,
+) -> None:
+    sink, clock = ScriptedSink(), Clock()
+    relay = make_relay(client, sink, clock, breaker_threshold=1)
+    sink.malformed = {"bad"}
+    append(client, "bad", "good")
+
+    relay.run_once()
+
+    assert sink.calls == ["good"]
+    (dead,) = Outbox(client, KEYS).dead()
+    assert (dead["job_id"], dead["deliveries"]) == ("bad", "1")
+    assert relay.breaker.state is BreakerState.CLOSED
+
+
+def test_a_rejection_answering_a_half_open_trial_closes_the_breaker(
+    client: fakeredis.FakeRedis,
+) -> None:
+    # Given a breaker opened by a sink that was down
+    sink, clock = ScriptedSink(), Clock()
+    relay = make_relay(client, sink, clock, max_deliveries=100, breaker_threshold=1)
+    append(client, "down")
+    sink.ok = False
+    relay.run_once()
+    assert relay.breaker.state is BreakerState.OPEN
+
+    # When the sink is back and the half-open trial is a report it refuses with a 4xx
+    sink.ok, sink.refused = True, {"down"}
+    clock.now += 31
+    relay.run_once()
+
+    # Then the sink answered: the breaker closes (no trial left hanging) and the next reads flow
+    assert relay.breaker.state is BreakerState.CLOSED
+    append(client, "next")
+    relay.run_once()
+    assert sink.calls == ["down", "down", "next"]

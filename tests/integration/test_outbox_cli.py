@@ -1,0 +1,62 @@
+"""`bot outbox` (the real console script, against a real redis-server) prints what senders and
+receivers chose (job ids, group names, dead-letter reasons) escaped: no CR, LF, escape sequence
+or other control character reaches the operator's terminal raw."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from tests.support.processes import run_bot
+
+pytestmark = pytest.mark.integration
+
+HOSTILE_ID = "job\r\nforged-line\x1b[2J\u202e"
+HOSTILE_REASON = "HTTP 400: nope\r\n\x1b]0;title\x07"
+
+
+def raw_controls(text: str) -> set[str]:
+    """Non-printable characters in `text`, line ends between lines excepted."""
+    return {ch for line in text.splitlines() for ch in line if not ch.isprintable()}
+
+
+def test_dead_letters_are_listed_escaped(client: redis.Redis, env: dict[str, str]) -> None:
+    client.xadd(
+        "bot:outbox:dead",
+        {
+            "job_id": HOSTILE_ID,
+            "report": "{}",
+            "group": "http",
+            "deliveries": "1",
+            "reason": HOSTILE_REASON,
+        },
+    )
+
+    done = run_bot(env, "outbox", "dead")
+
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1
+    assert "\r" not in done.stdout and raw_controls(done.stdout) == set()
+    assert "job\\x0d\\x0aforged-line\\x1b[2J\\u202e" in done.stdout
+    assert "HTTP 400: nope\\x0d\\x0a\\x1b]0;title\\x07" in done.stdout
+    as_json = run_bot(env, "outbox", "dead", "--json").stdout
+    assert json.loads(as_json)["job_id"] == HOSTILE_ID and raw_controls(as_json) == set()
+
+
+def test_stats_and_replay_print_group_names_and_ids_escaped(
+    client: redis.Redis, env: dict[str, str]
+) -> None:
+    client.xadd("bot:outbox", {"job_id": "j", "report": "{}"})
+    client.xgroup_create("bot:outbox", "evil\rgroup\x1b[31m", id="0")
+
+    stats = run_bot(env, "outbox")
+    missing = run_bot(env, "outbox", "replay", "0-1")
+    malformed = run_bot(env, "outbox", "replay", "0-1\r\nreplayed all\x1b[2J")
+
+    assert stats.returncode == 0, stats.stderr
+    assert "evil\\x0dgroup\\x1b[31m" in stats.stdout and raw_controls(stats.stdout) == set()
+    assert (missing.returncode, missing.stderr) == (1, "bot: no dead report 0-1\n")
+    assert malformed.returncode == 2, malformed.stderr
+    assert malformed.stderr == "bot: not a dead report id: 0-1\\x0d\\x0areplayed all\\x1b[2J\n"
