@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: fleet test lint bench
+.PHONY: fleet test lint bench mutate
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ lint: $(INSTALLED)
 
 test: lint
 	$(BIN)/pytest
+
+# Plants each bug of tests/mutations.txt, one at a time, in a copy of the checkout and runs the
+# fast tests that must catch it; fails if one survives (README: "Mutation probe").
+mutate: $(INSTALLED)
+	$(BIN)/python -m tests.mutation_probe
 
 bench: $(INSTALLED)
 	@for script in bench/*_bench.py; do $(BIN)/python $$script || exit 1; done

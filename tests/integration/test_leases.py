@@ -1,14 +1,22 @@
 """The fenced acquire / complete / reap scripts against a real redis-server.
 
-Covers: a stale owner cannot complete (lease_lost); a duplicate of an ended job is skipped and
-the caller reads the recorded outcome; a job running under a live owner is `busy`; recovery is
-counted once per lost attempt on both paths (reaper, lost pool child) and past
-BOT_MAX_RECOVERIES the next acquire ends the job `dead` with one report.
+Covers: a stale owner cannot complete (lease_lost), whether another worker or the same one
+took the job over (the fence, not the owner, tells two attempts of one worker apart); a
+duplicate of an ended job is skipped and the caller reads the recorded outcome; a job running
+under a live owner is `busy`; recovery is counted once per lost attempt on both paths (reaper,
+lost pool child) and past BOT_MAX_RECOVERIES the next acquire ends the job `dead` with one
+report.
+
+"A running process" is this test process (`os.getpid()`) and "a dead one" a child it started
+and reaped: no verdict depends on which pids happen to exist on the host.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +25,7 @@ import redis
 
 from bot.application import BotApp, create_app
 from bot.client import status_from_record
-from bot.jobs import Acquired, Delivery, JobStore, Outcome, Skipped
+from bot.jobs import Acquired, Delivery, JobStore, Outcome, Skipped, process_alive
 from bot.keys import Keys
 from bot.reaper import REAPER_COUNTER, reap_job
 from bot.runtime import RUNTIME
@@ -26,12 +34,23 @@ from bot.worker_lost import hand_back
 pytestmark = pytest.mark.integration
 
 KEYS = Keys("bot")
-DEAD_PID = 2**22 + 12345  # above pid_max on this host: never a live process
+#: A process that runs as long as the test does: the test's own.
+LIVE_PID = os.getpid()
 
 
 @pytest.fixture
 def store(client: redis.Redis) -> JobStore:
     return JobStore(client, KEYS)
+
+
+@pytest.fixture(scope="module")
+def dead_pid() -> int:
+    """The pid of a child this test started and reaped: known dead (no reuse until the kernel's
+    pids wrap around, far beyond a test's lifetime)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not process_alive(child.pid)
+    return child.pid
 
 
 def delivery(job_id: str = "job-1", tag: str = "tag-1") -> Delivery:
@@ -109,18 +128,19 @@ def test_stale_owner_cannot_complete_after_a_takeover(store: JobStore, client: r
 def test_acquire_repeated_by_the_same_attempt_after_a_lost_reply_is_acquired(
     store: JobStore, client: redis.Redis
 ):
-    # Given an acquire that went through in Redis though its caller saw an error
+    # Given an acquire that went through in Redis though its caller (a running process: this
+    # one) saw an error
     alive(client, "A")
-    first = store.acquire(delivery(), "A", 11, claim="attempt-1")
+    first = store.acquire(delivery(), "A", LIVE_PID, claim="attempt-1")
     assert isinstance(first, Acquired)
 
     # When the same attempt calls again, it is acquired: same fence, nothing counted twice
-    again = store.acquire(delivery(), "A", 11, claim="attempt-1")
+    again = store.acquire(delivery(), "A", LIVE_PID, claim="attempt-1")
     assert again == first
     assert store.read("job-1")["attempts"] == "1"
     # while another attempt of the same worker, or another worker, is told the job is busy
-    other_attempt = store.acquire(delivery(), "A", 12, claim="attempt-2")
-    other_worker = store.acquire(delivery(), "B", 13, claim="attempt-1")
+    other_attempt = store.acquire(delivery(), "A", LIVE_PID, claim="attempt-2")
+    other_worker = store.acquire(delivery(), "B", LIVE_PID, claim="attempt-1")
     assert isinstance(other_attempt, Skipped) and other_attempt.reason == "busy"
     assert isinstance(other_worker, Skipped) and other_worker.reason == "busy"
     assert client.hget(KEYS.stats, "duplicates_skipped") == "2"
@@ -160,6 +180,20 @@ def test_duplicate_of_an_ended_job_is_skipped_and_the_outcome_readable(
     assert (status.state, status.result, status.attempts) == ("succeeded", 42, 1)
     assert outbox_job_ids(client) == ["job-1"]
     assert 0 < client.ttl(KEYS.job("job-1")) <= 60  # expires BOT_JOB_TTL after it ended
+
+
+@pytest.mark.parametrize("end", ["succeeded", "failed", "rejected", "dead"])
+def test_a_copy_of_a_job_that_ended_in_any_final_state_is_a_duplicate(
+    end: str, store: JobStore, client: redis.Redis
+):
+    alive(client, "A")
+    got = acquire(store, "A")
+    assert complete(store, "A", got.fence, state=end)
+    # the copy comes to another worker, or to the same one: either way it does not run
+    alive(client, "B")
+    assert store.acquire(delivery(), "B", 1) == Skipped("duplicate", end)
+    assert store.acquire(delivery(), "A", 1) == Skipped("duplicate", end)
+    assert client.hget(KEYS.job("job-1"), "attempts") == "1"
 
 
 def test_copy_of_a_job_running_under_a_live_owner_is_busy(store: JobStore, client: redis.Redis):
@@ -227,16 +261,113 @@ def test_lost_child_of_another_attempt_does_not_hand_back(
     assert client.hget(KEYS.job("job-1"), "state") == "running"
 
 
-def test_same_worker_takes_over_a_job_of_its_own_dead_child(store: JobStore, client: redis.Redis):
+def test_same_worker_takes_over_a_job_of_its_own_dead_child(
+    store: JobStore, client: redis.Redis, dead_pid: int
+):
     alive(client, "A")
-    acquire(store, "A", pid=DEAD_PID)
-    got = acquire(store, "A", pid=1)
+    acquire(store, "A", pid=dead_pid)
+    got = acquire(store, "A", pid=LIVE_PID)
     assert (got.recoveries, got.attempts) == (1, 2)
+
+
+def test_another_attempt_of_the_same_worker_on_a_live_process_is_busy(
+    store: JobStore, client: redis.Redis
+):
+    alive(client, "A")
+    acquire(store, "A", pid=LIVE_PID)
+    assert store.acquire(delivery(), "A", LIVE_PID) == Skipped("busy", "A")
+
+
+def test_acquire_is_fenced_on_what_its_caller_read(
+    store: JobStore, client: redis.Redis, dead_pid: int, monkeypatch
+):
+    # Given A's attempt on a dead process, and a new delivery to A that reads it (fence 1, that
+    # pid: its own dead process, to be taken over)
+    alive(client, "A")
+    acquire(store, "A", pid=dead_pid)
+    script = store._acquire
+    calls = 0
+
+    def another_attempt_gets_there_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # between the caller's read and its script call
+            rival = JobStore(client, KEYS).acquire(delivery(), "A", LIVE_PID, claim="rival")
+            assert isinstance(rival, Acquired) and rival.fence == 2
+        return script(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_acquire", another_attempt_gets_there_first)
+    # When that delivery's script runs, the job is at fence 2 on a live process
+    verdict = store.acquire(delivery(), "A", LIVE_PID, claim="late")
+    # Then what it read is stale ('retry'): it reads again and finds the job busy
+    assert verdict == Skipped("busy", "A")
+    assert store.read("job-1")["fence"] == "2"
+
+
+@pytest.mark.parametrize("how", ["reaper_hands_it_back", "own_process_died"])
+def test_an_attempt_superseded_by_the_same_worker_cannot_complete(
+    how: str, store: JobStore, client: redis.Redis, dead_pid: int
+):
+    # Given worker A runs the job (attempt 1)
+    alive(client, "A")
+    first = acquire(store, "A", pid=dead_pid if how == "own_process_died" else LIVE_PID)
+    # and the same worker takes it again (attempt 2): after the reaper handed it back (A's lease
+    # lapsed for a while), or because attempt 1's pool process died
+    if how == "reaper_hands_it_back":
+        assert reap_job(client, KEYS, "job-1", "A", REAPER_COUNTER) is not None
+    second = acquire(store, "A", pid=LIVE_PID)
+    assert second.fence == first.fence + 1
+    # When attempt 1 tries to record its outcome with its old fence (same owner)
+    # Then it is refused and counted as lease_lost; the job still runs attempt 2
+    assert complete(store, "A", first.fence) is None
+    assert client.hget(KEYS.stats, "lease_lost") == "1"
+    assert client.hget(KEYS.job("job-1"), "state") == "running"
+    assert outbox_job_ids(client) == []
+    # and attempt 2's outcome is the one report
+    assert complete(store, "A", second.fence)
+    assert outbox_job_ids(client) == ["job-1"]
+    # after which attempt 1's same outcome is still refused (not taken for a repeat)
+    assert complete(store, "A", first.fence) is None
+    assert outbox_job_ids(client) == ["job-1"]
+
+
+def test_the_current_fence_with_another_owner_cannot_complete(store: JobStore, client: redis.Redis):
+    alive(client, "A")
+    got = acquire(store, "A")
+    assert complete(store, "B", got.fence) is None
+    assert client.hget(KEYS.stats, "lease_lost") == "1"
+    assert outbox_job_ids(client) == []
 
 
 @pytest.fixture
 def app(make_settings: Callable[..., Any]) -> BotApp:
     return create_app(make_settings(max_recoveries=3), fleet=False)
+
+
+def recover(path: str, times: int, app: BotApp, client: redis.Redis, store: JobStore) -> None:
+    """Run job "poison" and lose it `times` times, through the reaper or a lost pool child."""
+    for _ in range(times):
+        acquire(store, "A", pid=4242, job_id="poison")
+        if path == "reaper":
+            assert reap_job(client, KEYS, "poison", "A", REAPER_COUNTER)
+        else:
+            assert hand_back(app, "poison", 4242)
+
+
+@pytest.mark.parametrize("path", ["reaper", "lost_child"])
+def test_a_job_recovered_max_recoveries_times_still_runs(
+    path: str, app: BotApp, client: redis.Redis, store: JobStore, monkeypatch
+):
+    # Given a job recovered exactly BOT_MAX_RECOVERIES (3) times
+    monkeypatch.setattr(RUNTIME, "instance_id", "A")
+    alive(client, "A")
+    recover(path, 3, app, client, store)
+    # When its message is delivered again, then it runs and succeeds
+    result = app.tasks["ops.touch"].apply(kwargs={"seconds": 0}, task_id="poison")
+    assert result.successful(), result.result
+    record = client.hgetall(KEYS.job("poison"))
+    assert (record["state"], record["recoveries"], record["attempts"]) == ("succeeded", "3", "4")
+    assert client.get(KEYS.fault_touches("poison")) == "1"
 
 
 @pytest.mark.parametrize("path", ["reaper", "lost_child"])
@@ -246,12 +377,7 @@ def test_past_max_recoveries_the_next_acquire_ends_the_job_dead(
     # Given a job recovered BOT_MAX_RECOVERIES + 1 times, through either path
     monkeypatch.setattr(RUNTIME, "instance_id", "A")
     alive(client, "A")
-    for _ in range(4):
-        acquire(store, "A", pid=4242, job_id="poison")
-        if path == "reaper":
-            assert reap_job(client, KEYS, "poison", "A", REAPER_COUNTER)
-        else:
-            assert hand_back(app, "poison", 4242)
+    recover(path, 4, app, client, store)
     # When its message is delivered again and the task runs (eagerly here)
     result = app.tasks["ops.touch"].apply(kwargs={"seconds": 0}, task_id="poison")
     # Then the op body does not run; the job ends dead with exactly one report, and the

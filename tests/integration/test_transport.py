@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
@@ -137,6 +138,28 @@ def test_stranded_messages_wait_while_redis_is_still_away(
     assert open_channel(private_redis.url(), TRANSPORT)
     assert len(STRANDED) == 0
     assert consume_one(private_redis.url(), TRANSPORT) == [{"n": 7}]
+
+
+def test_a_put_back_interrupted_by_redis_keeps_the_messages(
+    private_redis: RedisServer, outage_at_unacked_write: None
+) -> None:
+    # Given a channel opened while Redis was up, and then a message stranded by an outage
+    publish(private_redis.url(), TRANSPORT, [{"n": 3}])
+    with Connection(private_redis.url(), transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        consume_one(private_redis.url(), TRANSPORT)
+        assert len(STRANDED) == 1
+
+        # When a put-back through that channel fails (Redis still away)
+        with pytest.raises(redis.ConnectionError):
+            STRANDED.put_back(channel)
+
+    # Then the message is still kept, and goes back once a channel can be opened
+    assert len(STRANDED) == 1
+    private_redis.start()
+    assert open_channel(private_redis.url(), TRANSPORT)
+    assert len(STRANDED) == 0
+    assert consume_one(private_redis.url(), TRANSPORT) == [{"n": 3}]
 
 
 def restore_on_a_detached_channel(private_redis: RedisServer, transport: str | None) -> None:

@@ -36,6 +36,7 @@ class ScriptedSink:
 
     def __init__(self) -> None:
         self.ok = True
+        self.bug = False  # raise something other than DeliveryFailed (a bug in a sink)
         self.calls: list[str] = []
         self.refused: set[str] = set()  # deliver() answers these with a 4xx
         self.malformed: set[str] = set()  # check() rejects these
@@ -49,6 +50,8 @@ class ScriptedSink:
         assert json.loads(report_json)["job_id"] == job_id
         if job_id in self.refused:
             raise DeliveryRejected("HTTP 400: no such op")
+        if self.bug:
+            raise KeyError("a sink bug")
         if not self.ok:
             raise DeliveryFailed("HTTP 500")
 
@@ -112,6 +115,28 @@ def test_a_failed_entry_waits_its_backoff_then_is_retried(client: fakeredis.Fake
 
     assert sink.calls == ["a", "a"]
     assert relay.snapshot()["failed"] == 1 and relay.snapshot()["delivered"] == 1
+
+
+def test_an_entry_whose_sink_raised_stays_owed_and_is_retried(
+    client: fakeredis.FakeRedis,
+) -> None:
+    # Given a sink with a bug: it raises something other than DeliveryFailed
+    sink, clock = ScriptedSink(), Clock()
+    relay = make_relay(client, sink, clock, breaker_threshold=100)
+    append(client, "a")
+    sink.bug = True
+
+    # When a pass tries the entry, the relay survives and the entry is not acked
+    assert relay.run_once() == 1
+    assert [p.id for p in Outbox(client, KEYS).pending(KEYS.outbox, "http", 10)]
+    assert relay.snapshot()["delivered"] == 0
+
+    # Then, the sink fixed, it is delivered after its backoff and only then acked
+    sink.bug = False
+    clock.now += 10
+    assert relay.run_once() == 1
+    assert sink.calls == ["a", "a"]
+    assert Outbox(client, KEYS).pending(KEYS.outbox, "http", 10) == []
 
 
 def test_dead_lettered_after_max_deliveries(client: fakeredis.FakeRedis) -> None:
