@@ -194,6 +194,11 @@ def check_body(body: Any) -> tuple[list[Any], dict[str, Any]]:
         )
     if embed is not None and not isinstance(embed, dict):
         raise Malformed("message embed must be an object", [shape_error])
+    if "self" in kwargs:  # Celery's tracer calls the task as f(self, *args, **kwargs)
+        raise Malformed(
+            "kwarg 'self' cannot be passed through Celery",
+            [_error(["kwargs", "self"], "reserved by Celery", "reserved")],
+        )
     _check_embed(embed or {})
     return args, kwargs
 

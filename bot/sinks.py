@@ -9,10 +9,11 @@ breaker), and `deliver(job_id, report_json)`, which returns on success and raise
 The HTTP sink POSTs the report JSON with `Authorization: Bearer <BOT_REPORT_TOKEN>` and
 `Idempotency-Key: <job_id>`, so a receiver can drop the duplicates at-least-once delivery may
 produce (a relay killed between the POST and its XACK). Its answer is judged by status alone:
-2xx is delivered; 4xx other than 408 and 429 rejects the report; anything else, a transport
-error or the overall deadline (one wall-clock limit on the whole request, `bot.http_deadline`)
-is a failed attempt. At most `MAX_RESPONSE_BYTES` of a response body are read, streamed, and
-only to quote the start of a rejection in its reason. The token is never logged nor put in an
+2xx is delivered; a 4xx about the report (400, 409, 413, 422, 431 ...) rejects it; anything
+else (a 5xx, a 4xx about the sink itself such as 401 or 404, a transport error, the overall
+deadline: one wall-clock limit on the whole request, `bot.http_deadline`) is a failed
+attempt. At most `MAX_RESPONSE_BYTES` of a response body are read, streamed, and only to quote
+the start of a rejection in its reason. The token is never logged nor put in an
 error message; sending it over plain http:// is warned about once, at start.
 """
 
@@ -49,8 +50,11 @@ REASON_BODY_CHARS = 200
 MAX_KEY_CHARS = 1024
 #: A header value h11 sends: visible ASCII, single spaces/tabs inside, none at the ends.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
-#: 4xx answers about the sink or the moment, not the report: retried like a 5xx.
-_TRANSIENT_4XX = frozenset({408, 429})
+#: 4xx answers about the sink, its configuration or the moment, not the report: retried like
+#: a 5xx, so that a wrong token or URL opens the breaker and holds every report (none is lost)
+#: instead of dead-lettering them all: 401/403/407 (credentials), 404/405/421 (the URL),
+#: 408/429 (the moment).
+_TRANSIENT_4XX = frozenset({401, 403, 404, 405, 407, 408, 421, 429})
 
 
 class DeliveryFailed(Exception):

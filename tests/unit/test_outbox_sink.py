@@ -53,13 +53,16 @@ def test_posts_the_report_with_bearer_and_idempotency_key() -> None:
         503,
         408,
         429,
+        401,
+        403,
+        404,
         301,
         httpx.ConnectError("refused"),
         httpx.ReadTimeout("slow"),
         httpx.RemoteProtocolError("server hung up"),
     ],
 )
-def test_5xx_408_429_3xx_and_transport_errors_are_failed_attempts(
+def test_5xx_sink_level_4xx_3xx_and_transport_errors_are_failed_attempts(
     status: int | Exception,
 ) -> None:
     with pytest.raises(DeliveryFailed) as raised:
@@ -67,7 +70,7 @@ def test_5xx_408_429_3xx_and_transport_errors_are_failed_attempts(
     assert TOKEN not in str(raised.value)
 
 
-@pytest.mark.parametrize("status", [400, 404, 409, 413, 422, 431])
+@pytest.mark.parametrize("status", [400, 409, 413, 422, 431])
 def test_a_4xx_about_the_report_is_a_rejection(status: int) -> None:
     with pytest.raises(DeliveryRejected) as raised:
         sink_answering(status, []).deliver("job-1", "{}")
