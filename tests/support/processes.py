@@ -24,7 +24,8 @@ def bot_env(
     redis_url: str, state_dir: Path, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The environment of a bot process: this one's, minus any BOT_*, plus the test-only ops
-    and the given values."""
+    (importable from the checkout: console scripts do not put their working directory on
+    sys.path) and the given values."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
     env.update(
         BOT_REDIS_URL=redis_url,
@@ -32,6 +33,7 @@ def bot_env(
         BOT_OPS_MODULES=FAULT_OPS,
         PYTHONUNBUFFERED="1",
         PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join(filter(None, (str(REPO_ROOT), env.get("PYTHONPATH")))),
     )
     env.update(extra or {})
     return env
