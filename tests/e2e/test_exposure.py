@@ -4,11 +4,13 @@ does not check the server's certificate; the README's TLS URL works against a TL
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -150,3 +152,48 @@ def test_the_readme_tls_url_runs_jobs_over_tls(
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "3"
+
+
+SUBMITTER_URL = "redis://submitter:SUBMITTER-PASSWORD@{host}:{port}/0"
+SUBMIT_AS_SUBMITTER = """
+import os, sys
+from celery import Celery
+from bot.application import create_app
+from bot.client import Client
+from config.settings import load_settings
+
+url = os.environ["BOT_REDIS_URL"]
+plain = Celery(broker=url, backend=url)
+plain.conf.update(task_serializer="json", accept_content=["json"], result_accept_content=["json"])
+print(plain.send_task("ops.sum", kwargs={"a": 1, "b": 2}).get(timeout=30))
+client = Client(create_app(load_settings(), fleet=False))
+job = client.submit("sum", {"a": 2, "b": 3}, job_id="acl-own-id")
+print(client.wait(job.job_id, timeout=30).result)
+try:
+    redis_client = client.app.redis()
+    redis_client.hgetall("bot:workers")
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_the_readme_submitter_acl_submits_and_reads_results_and_nothing_more(
+    env: dict[str, str],
+    redis_server: Any,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    # Given the README's ACL line for a submitter, on the test's Redis
+    readme = (REPO_ROOT / "README.md").read_text()
+    (line,) = [ln.strip() for ln in readme.splitlines() if ln.strip().startswith("ACL SETUSER")]
+    admin = redis_server.client()
+    admin.execute_command(*shlex.split(line))
+    try:
+        workers("w1")
+        url = SUBMITTER_URL.format(host="127.0.0.1", port=redis_server.port)
+        # When a service submits under that user, with plain Celery and with the Python client
+        done = run_python(SUBMIT_AS_SUBMITTER, {**env, "BOT_REDIS_URL": url})
+        # Then both jobs run and their results come back; bot's other keys stay out of reach
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["3", "5", "NoPermissionError"]
+    finally:
+        admin.execute_command("ACL", "DELUSER", "submitter")

@@ -196,3 +196,26 @@ def test_bot_transport_leaves_the_messages_to_the_sweeps_instead(
     restore_on_a_detached_channel(private_redis, TRANSPORT)
     private_redis.start()
     assert private_redis.client().hlen("unacked") == 1
+
+
+@pytest.mark.parametrize("item", [b"not json", b"[1, 2]", b"[" * 100_000], ids=str)
+def test_kombu_stops_on_a_queue_item_that_is_not_one_of_its_messages(
+    redis_url: str, item: bytes
+) -> None:
+    # stock kombu 5.7 raises out of its read: in a worker, Celery's "Unrecoverable error"
+    redis.Redis.from_url(redis_url).lpush("stranded-test", item)
+    with pytest.raises((ValueError, TypeError, KeyError, RecursionError)):
+        consume_one(redis_url, KOMBU)
+
+
+@pytest.mark.parametrize("item", [b"not json", b'{"body": 5}', b"[1, 2]", b"[" * 100_000], ids=str)
+def test_bot_transport_drops_such_an_item_and_reads_on(redis_url: str, item: bytes) -> None:
+    # Given an item no kombu message is, ahead of a good message
+    publish(redis_url, TRANSPORT, [{"n": 1}])
+    redis.Redis.from_url(redis_url).rpush("stranded-test", item)  # the end BRPOP takes first
+    # When a consumer reads: the bad item is dropped (logged), the good message delivered
+    received: list[Any] = []
+    for _ in range(2):
+        received += consume_one(redis_url, TRANSPORT)
+    assert received == [{"n": 1}]
+    assert redis.Redis.from_url(redis_url).llen("stranded-test") == 0
