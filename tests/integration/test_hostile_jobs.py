@@ -23,7 +23,7 @@ from bot.attempt import Attempt
 from bot.client import Client
 from bot.envelope import Malformed, payload_digest, raw_digest
 from bot.errors import InvalidJobId
-from bot.intake import problem_of, reject_message, rejected_delivery
+from bot.intake import guarded, problem_of, reject_message, rejected_delivery
 from bot.jobs import Acquired, Delivery, JobStore, Skipped
 from bot.keys import Keys
 from bot.reaper import REAPER_COUNTER, reap_job
@@ -329,3 +329,69 @@ def test_a_protocol_1_message_is_refused() -> None:
     decoded_by_celery = {"task": "ops.sum", "id": "j-1", "args": [], "kwargs": {}}
     found = problem_of(RawMessage({"id": "j-1"}, b"{}"), decoded_by_celery, 1024)
     assert found is not None and "protocol 1" in str(found)
+
+
+class InnerStrategy:
+    """Stands in for Celery's default strategy: records what it was given, or raises."""
+
+    def __init__(self, raises: BaseException | None = None) -> None:
+        self.raises = raises
+        self.taken: list[Any] = []
+
+    def __call__(self, message: Any, *_: Any, **__: Any) -> None:
+        if self.raises is not None:
+            raise self.raises
+        self.taken.append(message)
+
+
+def guarded_handler(bot_app: BotApp, monkeypatch: pytest.MonkeyPatch, inner: InnerStrategy) -> Any:
+    monkeypatch.setattr("bot.intake.default_strategy", lambda *_, **__: inner)
+    consumer = Consumer(connection_errors=(redis.ConnectionError,))
+    return lambda message, ack: guarded(bot_app.tasks["ops.sum"], bot_app, consumer)(
+        message, None, ack, None, None
+    )
+
+
+def test_the_guarded_strategy_hands_a_sound_message_to_celery(
+    bot_app: BotApp, client: redis.Redis, owner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner = InnerStrategy()
+    message = RawMessage({"id": "ok-1", "task": "ops.sum"}, b'[[], {"a": 1, "b": 2}, {}]')
+
+    guarded_handler(bot_app, monkeypatch, inner)(message, Acks())
+
+    assert inner.taken == [message]
+    assert client.xlen(KEYS.outbox) == 0
+
+
+def test_the_guarded_strategy_rejects_a_malformed_message_before_celery_sees_it(
+    bot_app: BotApp, client: redis.Redis, owner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner, ack = InnerStrategy(), Acks()
+
+    guarded_handler(bot_app, monkeypatch, inner)(
+        RawMessage({"id": "bad-2", "task": "ops.sum"}, b"null"), ack
+    )
+
+    assert inner.taken == [] and ack.count == 1
+    (report,) = reports(client)
+    assert (report["job_id"], report["status"]) == ("bad-2", "rejected")
+
+
+def test_what_celery_cannot_take_is_rejected_and_a_connection_error_propagates(
+    bot_app: BotApp, client: redis.Redis, owner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sound = b'[[], {"a": 1, "b": 2}, {}]'
+    ack = Acks()
+    guarded_handler(bot_app, monkeypatch, InnerStrategy(TypeError("not iterable")))(
+        RawMessage({"id": "odd-2", "task": "ops.sum"}, sound), ack
+    )
+    (report,) = reports(client)
+    assert report["job_id"] == "odd-2" and "TypeError" in report["error"]["message"]
+    assert ack.count == 1
+
+    with pytest.raises(redis.ConnectionError):
+        guarded_handler(bot_app, monkeypatch, InnerStrategy(redis.ConnectionError("gone")))(
+            RawMessage({"id": "odd-3", "task": "ops.sum"}, sound), ack
+        )
+    assert ack.count == 1
