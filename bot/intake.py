@@ -60,7 +60,8 @@ def guarded(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
             raise  # the consumer reconnects; the message stays unacked and is put back
         except Exception as exc:  # the default strategy could not take what passed the check
             logger.exception("job %s: Celery could not take the message", _id_for_log(message))
-            problem = Malformed(f"message could not be unpacked: {type(exc).__name__}: {exc}")
+            reason = printable(f"{type(exc).__name__}: {exc}", 300)
+            problem = Malformed(f"message could not be unpacked: {reason}")
             return reject_message(app, consumer, message, task.op_spec.name, problem, ack)
 
     return on_message
