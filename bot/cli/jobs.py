@@ -11,7 +11,7 @@ import click
 from bot.cli import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
 from bot.client import Client, JobStatus
 from bot.envelope import printable
-from bot.errors import PayloadRejected
+from bot.errors import InvalidJobId, PayloadRejected
 from bot.ops import REGISTRY
 from bot.progress import summary
 
@@ -58,8 +58,9 @@ def submit(
     try:
         submitted = Client().submit(op, payload, job_id=job_id, queue=queue, countdown=countdown)
     except PayloadRejected as exc:
+        about_payload = exc.errors and not isinstance(exc, InvalidJobId)
         _print_rejection(
-            exc.message if not exc.errors else f"invalid payload for op {op!r}", exc.errors
+            f"invalid payload for op {op!r}" if about_payload else exc.message, exc.errors
         )
         sys.exit(EXIT_USAGE)
     if not submitted.enqueued:

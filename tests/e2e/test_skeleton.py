@@ -215,3 +215,15 @@ def test_celery_call_command_enqueues_an_op(
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().splitlines()[-1]
     assert create_app(make_settings()).AsyncResult(job_id).get(timeout=30) == 9
+
+
+def test_cli_refuses_a_job_id_of_the_wrong_form_escaped_and_enqueues_nothing(
+    env: dict[str, str], redis_server: Any
+) -> None:
+    done = run_bot(env, "submit", "sum", "a=1", "b=2", "--id", "bad\nid")
+
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("bot: invalid job id: job id must match")
+    assert lines[1] == "  job_id: job id must match ^[A-Za-z0-9._:@-]{1,200}$ (got bad\\x0aid)"
+    assert redis_server.client().dbsize() == 0
