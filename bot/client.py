@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
+from kombu.utils import json as kombu_json
 from pydantic import BaseModel
 
 from bot.envelope import job_id_problem, payload_digest
@@ -87,7 +88,7 @@ class Client:
         check_size(data, self.app.settings.max_payload_bytes)
         spec.validate(data)  # the worker validates again; what is sent is what the caller gave
         queue = queue or spec.queue or self.app.settings.default_queue
-        if not self._claim_id(job_id, spec.name, queue, payload_digest([], data)):
+        if not self._claim_id(job_id, spec.name, queue, payload_digest([], as_sent(data))):
             return SubmitResult(job_id=job_id, enqueued=False)
         try:
             result = self.app.send_task(
@@ -165,6 +166,13 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {status.state} after {timeout}s")
             time.sleep(POLL_INTERVAL_S)
+
+
+def as_sent(data: dict[str, Any]) -> Any:
+    """`data` as a worker decodes it off the wire (kombu's JSON: a datetime becomes its ISO
+    string, a tuple a list, a UUID a string), so the digest bound at submit is the one the
+    worker computes."""
+    return kombu_json.loads(kombu_json.dumps(data))
 
 
 def check_job_id(job_id: str) -> None:

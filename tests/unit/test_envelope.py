@@ -185,3 +185,38 @@ def test_printable_escapes_control_and_non_ascii_characters_and_cuts() -> None:
     text = printable("caf\u00e9\x1b[31m")
     assert text.isprintable() and text.isascii() and "\x1b" not in text
     assert len(printable("x" * 1000, 50)) == 50
+
+
+class Jsonable:
+    """A value kombu's JSON encodes through its __json__ method."""
+
+    def __json__(self) -> str:
+        return "as-json"
+
+    def __str__(self) -> str:
+        return "as-str"
+
+
+def test_the_digest_bound_at_submit_is_the_one_the_worker_computes() -> None:
+    # The client digests the payload as it will be decoded off the wire (kombu's JSON, which
+    # Celery uses): the worker digests what it decoded. Both must agree for every value kombu
+    # can send, or a caller's own id would look reused and its job never run.
+    import datetime
+    import decimal
+    import uuid
+
+    from kombu.utils import json as kombu_json
+
+    from bot.client import as_sent
+
+    payload = {
+        "pair": (2, 3),
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5),
+        "ref": uuid.UUID(int=7),
+        "price": decimal.Decimal("1.50"),
+        "blob": b"\x00\x01",
+        "custom": Jsonable(),
+    }
+    args, kwargs, _ = kombu_json.loads(kombu_json.dumps([[], payload, {}]))
+    assert payload_digest([], as_sent(payload)) == payload_digest(args, kwargs)
+    assert payload_digest([], payload) != payload_digest(args, kwargs)  # why as_sent exists
