@@ -46,8 +46,12 @@ RAW_MESSAGES = 10_000
 PAYLOAD_LIMIT = 16_384
 FLOOD_ENV = {"BOT_MAX_PAYLOAD_BYTES": str(PAYLOAD_LIMIT), "BOT_MAX_RECOVERIES": "3"}
 FLOWER_AUTH = ("flood", "flood-secret")
-#: No key may hold more than this (a record or result meta keeping an oversized payload).
-MAX_KEY_BYTES = 4 * PAYLOAD_LIMIT
+#: No key may hold more than this (a record or result meta keeping an oversized payload: the
+#: oversized bodies are 21 KB to 131 KB, a record of a good job holds under 2 KB).
+MAX_KEY_BYTES = 2 * PAYLOAD_LIMIT
+#: Redis grows by what every job must leave (record, report, result meta): measured here
+#: about 3.4 KB per job; this bound fails if anything of a payload is kept beyond that.
+GROWTH_PER_JOB_BYTES = 5 * 1024
 
 
 @pytest.fixture
@@ -215,7 +219,7 @@ def test_a_flood_of_hostile_messages_stops_no_worker_and_loses_no_report(
         biggest = largest_keys(client, pattern)
         assert biggest and biggest[0][0] < MAX_KEY_BYTES, biggest
     grown = client.info("memory")["used_memory"] - memory_before
-    assert grown < expected * 4096 + 8 * 2**20, grown
+    assert grown < expected * GROWTH_PER_JOB_BYTES + 8 * 2**20, (grown, expected)
 
 
 def wait_while_progressing(count: Callable[[], int], target: int, stall_s: float) -> None:
