@@ -160,6 +160,7 @@ def largest_keys(client: redis.Redis, pattern: str) -> list[tuple[int, str]]:
     return sorted(sizes, reverse=True)[:3]
 
 
+@pytest.mark.timeout(900)  # ~2 minutes alone on two cores; far more when they are shared
 def test_a_flood_of_hostile_messages_stops_no_worker_and_loses_no_report(
     env: dict[str, str],
     workers: Callable[..., WorkerProcess],
