@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from bot.jobs.progress import progress
 from bot.ops import op
-from bot.progress import progress
 from config.settings import ConfigError, load_settings
 
 if TYPE_CHECKING:

@@ -12,15 +12,15 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from bot import transport
+from bot.broker import transport
 from bot.discovery import discover_ops
-from bot.envelope import ENQUEUED_AT_HEADER
-from bot.execution import OpTask, run_op
-from bot.intake import reject_unknown_op
-from bot.jobs import JobStore, now_ms
-from bot.keys import Keys
+from bot.jobs.envelope import ENQUEUED_AT_HEADER
+from bot.jobs.intake import reject_unknown_op
+from bot.jobs.run import OpTask, run_op
+from bot.jobs.store import JobStore, now_ms
 from bot.ops import REGISTRY, OpSpec
-from bot.redis_client import connect
+from bot.store.connect import connect
+from bot.store.keys import Keys
 from config.celery_config import celery_config
 from config.logging_setup import configure_logging
 from config.settings import Settings
@@ -74,7 +74,7 @@ def create_app(settings: Settings, *, fleet: bool = True, **kwargs: Any) -> BotA
         register_op(app, spec)
     _connect_signals(settings)
     if fleet:
-        from bot.fleet import install_fleet
+        from bot.fleet.step import install_fleet
 
         install_fleet(app)
     return app

@@ -16,11 +16,11 @@ from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
 from pydantic import BaseModel
 
-from bot.envelope import job_id_problem, payload_digest
 from bot.errors import InvalidJobId
-from bot.jobs import now_ms
+from bot.jobs.envelope import job_id_problem, payload_digest
+from bot.jobs.reports import FINAL_STATES, ms_to_datetime
+from bot.jobs.store import now_ms
 from bot.ops import REGISTRY, check_size
-from bot.reports import FINAL_STATES, ms_to_datetime
 
 if TYPE_CHECKING:
     from bot.application import BotApp

@@ -10,10 +10,10 @@ import click
 import redis
 
 from bot.cli import EXIT_FAILED, EXIT_OK
-from bot.health import fleet_health, local_health
-from bot.keys import Keys
-from bot.redis_client import connect
-from bot.registry import Registry, WorkerView
+from bot.fleet.health import fleet_health, local_health
+from bot.fleet.records import Registry, WorkerView
+from bot.store.connect import connect
+from bot.store.keys import Keys
 from config.celery_config import broker_transport_options
 from config.settings import load_settings, redact_url
 

@@ -10,10 +10,10 @@ import click
 
 from bot.cli import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
 from bot.client import Client, JobStatus
-from bot.envelope import printable
 from bot.errors import PayloadRejected
+from bot.jobs.envelope import printable
+from bot.jobs.progress import summary
 from bot.ops import REGISTRY
-from bot.progress import summary
 
 
 def parse_fields(fields: tuple[str, ...]) -> dict[str, Any]:

@@ -23,8 +23,8 @@ import redis
 
 from bot.application import BotApp
 from bot.client import Client
-from bot.jobs import Acquired, Delivery, JobStore
-from bot.keys import Keys
+from bot.jobs.store import Acquired, Delivery, JobStore
+from bot.store.keys import Keys
 from tests.support import stock_app
 from tests.support.processes import WorkerProcess, wait_for
 

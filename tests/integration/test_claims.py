@@ -1,16 +1,16 @@
-"""The claim audit (bot/claims.py) against a real redis-server: a live instance recorded as
-running a job it no longer holds hands it back; one it holds, or took after the snapshot,
-stays; a lost acquire reply followed by a `busy` skip ends with the job queued again."""
+"""The unheld-job audit (bot/recovery/unheld_audit.py) against a real redis-server: a live
+instance recorded as running a job it no longer holds hands it back; one it holds, or took after
+the snapshot, stays; a lost acquire reply followed by a `busy` skip ends with the job queued again."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 
-from bot.claims import UNHELD_COUNTER, ClaimAudit
-from bot.jobs import Acquired, Delivery, JobStore, Skipped, now_ms
-from bot.keys import Keys
-from bot.reaper import Requeued
+from bot.jobs.store import Acquired, Delivery, JobStore, Skipped, now_ms
+from bot.recovery.reaper import Requeued
+from bot.recovery.unheld_audit import UNHELD_COUNTER, ClaimAudit
+from bot.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

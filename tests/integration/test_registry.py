@@ -12,8 +12,8 @@ import pytest
 import redis
 from kombu import Connection
 
-from bot.keys import KOMBU_UNACKED_INDEX, Keys, kombu_key
-from bot.registry import Registry
+from bot.fleet.records import Registry
+from bot.store.keys import KOMBU_UNACKED_INDEX, Keys, kombu_key
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from bot.breaker import BreakerState
-from bot.keys import Keys
-from bot.outbox import Outbox
-from bot.redis_client import connect
-from bot.relay import Relay, RelayConfig
-from bot.sinks import HttpSink
+from bot.base.breaker import BreakerState
+from bot.outbox.relay import Relay, RelayConfig
+from bot.outbox.sinks import HttpSink
+from bot.outbox.stream import Outbox
+from bot.store.connect import connect
+from bot.store.keys import Keys
 from config.settings import Settings
 from tests.support.processes import wait_for
 from tests.support.receiver import Receiver

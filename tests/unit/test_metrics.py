@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from bot.metrics import (
+from bot.observe.metrics import (
     UNKNOWN_OP,
     breaker_levels,
     duration_bucket,

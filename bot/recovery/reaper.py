@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 from kombu.exceptions import OperationalError
 
-from bot import scripts
-from bot.jobs import now_ms
-from bot.keys import Keys
-from bot.requeue import BrokerRequeue, Requeue
+from bot.jobs.store import now_ms
+from bot.recovery.requeue import BrokerRequeue, Requeue
+from bot.store import scripts
+from bot.store.keys import Keys
 
 if TYPE_CHECKING:
     from bot.application import BotApp
@@ -285,12 +285,12 @@ class Reaper:
 
 
 def reaper_service(context: Any) -> Any:
-    """The fleet service (bot.fleet `ServiceFactory`) running this worker's reaper every
+    """The fleet service (bot.fleet.step `ServiceFactory`) running this worker's reaper every
     BOT_REAPER_INTERVAL in a thread of the worker's main process."""
-    from bot import worker_info
-    from bot.claims import ClaimAudit
-    from bot.fleet import PeriodicService
-    from bot.runtime import RUNTIME
+    from bot.fleet.step import PeriodicService
+    from bot.recovery.unheld_audit import ClaimAudit
+    from bot.runtime import worker_state as worker_info
+    from bot.runtime.process import RUNTIME
 
     reaper = Reaper.for_app(context.app)
     audit = ClaimAudit(

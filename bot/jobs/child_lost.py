@@ -13,7 +13,7 @@ A child killed by a hard time limit (`time_limit`) is different: Celery marks th
 and acks its message. `OpRequest.on_timeout` ends the job `failed` first (TimeLimitExceeded,
 with its report, fenced on this owner, the child's pid and the fence), so it is not left
 `running` under this live worker. If Redis is unreachable at that moment, the worker's claim
-audit (bot/claims.py) hands the job back later instead, and it runs again.
+audit (bot/recovery/unheld_audit.py) hands the job back later instead, and it runs again.
 
 `OpTask.Request` names this class (Celery's documented custom-request hook).
 """
@@ -30,10 +30,10 @@ from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
-from bot.attempt import Attempt
-from bot.jobs import Acquired, Delivery, now_ms
-from bot.reaper import CHILD_LOST_COUNTER, reap_job
-from bot.runtime import RUNTIME
+from bot.jobs.outcome import Attempt
+from bot.jobs.store import Acquired, Delivery, now_ms
+from bot.recovery.reaper import CHILD_LOST_COUNTER, reap_job
+from bot.runtime.process import RUNTIME
 
 logger = logging.getLogger(__name__)
 

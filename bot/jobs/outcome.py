@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from bot.backoff import full_jitter
+from bot.base.backoff import full_jitter
 from bot.errors import PayloadRejected
-from bot.jobs import Acquired, Delivery, Outcome, now_ms
-from bot.reports import Report, ReportError, ReportWorker, ms_to_datetime
-from bot.runtime import RUNTIME
+from bot.jobs.reports import Report, ReportError, ReportWorker, ms_to_datetime
+from bot.jobs.store import Acquired, Delivery, Outcome, now_ms
+from bot.runtime.process import RUNTIME
 
 if TYPE_CHECKING:
     from bot.application import BotApp

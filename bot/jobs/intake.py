@@ -4,7 +4,7 @@ rejection of a message that must never reach a pool child.
 Celery's default strategy unpacks each message in the main process; a malformed one raises
 there and Celery stops the worker ("Unrecoverable error"), then the next worker that reads the
 message back from the head of the queue. `guarded` (each `OpTask.Strategy`) checks the raw
-message first (bot/envelope.py) and wraps the default strategy, so a message that fails either
+message first (bot/jobs/envelope.py) and wraps the default strategy, so a message that fails either
 way ends `rejected`, with a record and exactly one report, after one attempt, and is acked.
 An unknown op (Celery's `task_unknown`) ends the same way.
 
@@ -23,8 +23,8 @@ from typing import Any
 import redis
 from celery.worker.strategy import default as default_strategy
 
-from bot.attempt import Attempt
-from bot.envelope import (
+from bot.errors import UnknownOp
+from bot.jobs.envelope import (
     ENQUEUED_AT_HEADER,
     Malformed,
     check_body,
@@ -35,10 +35,10 @@ from bot.envelope import (
     raw_digest,
     stand_in_job_id,
 )
-from bot.errors import UnknownOp
-from bot.jobs import Acquired, Delivery
+from bot.jobs.outcome import Attempt
+from bot.jobs.store import Acquired, Delivery
 from bot.ops import TASK_PREFIX, op_name_problem
-from bot.runtime import RUNTIME
+from bot.runtime.process import RUNTIME
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The long-running services the fleet step starts in every worker besides its heartbeat:
 the outbox relay (when BOT_REPORT_URL is set) and the /metrics server (when BOT_METRICS_PORT
-is set). The reaper is registered by `bot.fleet` itself.
+is set). The reaper is registered by `bot.fleet.step` itself.
 
 Each factory takes the `FleetContext` and returns an object with start()/stop(); a service
 that is not configured is a `Disabled` one, so the step's service list stays uniform.
@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bot.runtime import RUNTIME
+from bot.runtime.process import RUNTIME
 
 if TYPE_CHECKING:
-    from bot.fleet import FleetContext
+    from bot.fleet.step import FleetContext
 
 logger = logging.getLogger("bot.fleet")
 
@@ -41,8 +41,8 @@ def relay_service(context: FleetContext) -> Any:
     settings = context.settings
     if not settings.report_url:
         return Disabled("outbox relay", "BOT_REPORT_URL not set")
-    from bot.relay import Relay
-    from bot.sinks import HttpSink
+    from bot.outbox.relay import Relay
+    from bot.outbox.sinks import HttpSink
 
     relay = Relay.from_settings(
         settings,
@@ -63,7 +63,7 @@ class MetricsServer:
         self._server: Any = None
 
     def start(self) -> None:
-        from bot.metrics import serve
+        from bot.observe.metrics import serve
 
         settings = self.context.settings
         self._server = serve(

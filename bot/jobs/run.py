@@ -18,15 +18,15 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 from pydantic import BaseModel
 
-from bot.attempt import Attempt
-from bot.backoff import full_jitter
-from bot.envelope import ENQUEUED_AT_HEADER, enqueued_at_ms, payload_digest
+from bot.base.backoff import full_jitter
 from bot.errors import BotError, PayloadRejected
-from bot.jobs import Acquired, Delivery, Skipped
+from bot.jobs.envelope import ENQUEUED_AT_HEADER, enqueued_at_ms, payload_digest
+from bot.jobs.outcome import Attempt
+from bot.jobs.progress import bind as bind_progress
+from bot.jobs.progress import unbind as unbind_progress
+from bot.jobs.store import Acquired, Delivery, Skipped
 from bot.ops import OpSpec, check_size
-from bot.progress import bind as bind_progress
-from bot.progress import unbind as unbind_progress
-from bot.runtime import RUNTIME
+from bot.runtime.process import RUNTIME
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,11 @@ class OpTask(Task):
     op_spec: OpSpec
     typing = False  # the payload is validated by pydantic in run_op, with field-level errors
     # Hands a job back (queued, recoveries + 1) when its pool child dies, before Celery
-    # requeues the message: see bot/worker_lost.py.
-    Request = "bot.worker_lost:OpRequest"
+    # requeues the message: see bot/jobs/child_lost.py.
+    Request = "bot.jobs.child_lost:OpRequest"
     # Checks each message before Celery unpacks it, so none can stop the worker: see
-    # bot/intake.py.
-    Strategy = "bot.intake:guarded"
+    # bot/jobs/intake.py.
+    Strategy = "bot.jobs.intake:guarded"
 
 
 def delivery_of(task: Task, args: tuple[Any, ...], payload: dict[str, Any]) -> Delivery:

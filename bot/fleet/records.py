@@ -1,6 +1,6 @@
 """The fleet registry in Redis: worker records, leases, `bot:workers`, `bot:ops`.
 
-Writes are single Lua scripts (`bot/lua/register.lua`, `heartbeat.lua`, `deregister.lua`), so
+Writes are single Lua scripts (`bot/store/lua/register.lua`, `heartbeat.lua`, `deregister.lua`), so
 each is atomic and costs one round trip. Reads (`fleet()`) are one pipeline. The worker side
 (the fleet step) writes; the CLI (`bot fleet`, `bot health`) reads.
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import redis
 
-from bot import scripts
-from bot.keys import KOMBU_UNACKED_INDEX, Keys, kombu_key
 from bot.ops import REGISTRY
+from bot.store import scripts
+from bot.store.keys import KOMBU_UNACKED_INDEX, Keys, kombu_key
 
 
 def now_ms() -> int:

@@ -1,6 +1,6 @@
 """The relay: drains one consumer group of the outbox into one sink (the built-in HTTP sink).
 
-One `Relay` per worker (started by the fleet bootstep) or standalone (`python -m bot.relay`).
+One `Relay` per worker (started by the fleet bootstep) or standalone (`python -m bot.outbox.relay`).
 Its consumer name is the worker's instance id, so each relay's pending list is its own. A pass
 (`run_once`) does, in order:
 
@@ -34,12 +34,12 @@ from typing import Any
 
 import redis
 
-from bot.backoff import full_jitter
-from bot.breaker import BreakerState, CircuitBreaker
-from bot.envelope import printable
-from bot.keys import Keys
-from bot.outbox import OUTBOX_MAX_AGE_S, OUTBOX_MAX_LEN, Entry, Outbox
-from bot.sinks import DeliveryFailed, DeliveryRejected, Sink
+from bot.base.backoff import full_jitter
+from bot.base.breaker import BreakerState, CircuitBreaker
+from bot.jobs.envelope import printable
+from bot.outbox.sinks import DeliveryFailed, DeliveryRejected, Sink
+from bot.outbox.stream import OUTBOX_MAX_AGE_S, OUTBOX_MAX_LEN, Entry, Outbox
+from bot.store.keys import Keys
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ class Relay:
         return max(0.01, min(waits))
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters and breaker state, for the worker record and `python -m bot.relay`."""
+        """Counters and breaker state, for the worker record and `python -m bot.outbox.relay`."""
         return {
             "group": self.group,
             "consumer": self.consumer,
@@ -421,7 +421,7 @@ class Relay:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m bot.relay [--status-file PATH]`: one relay in the foreground against
+    """`python -m bot.outbox.relay [--status-file PATH]`: one relay in the foreground against
     BOT_REDIS_URL until SIGTERM/SIGINT; with --status-file, its snapshot() as JSON there."""
     import argparse
     import json
@@ -430,13 +430,13 @@ def main(argv: list[str] | None = None) -> None:
     import sys
     import uuid
 
-    from bot.redis_client import connect
-    from bot.runtime import RUNTIME
-    from bot.sinks import HttpSink
+    from bot.outbox.sinks import HttpSink
+    from bot.runtime.process import RUNTIME
+    from bot.store.connect import connect
     from config.logging_setup import LogContext, configure_logging
     from config.settings import ConfigError, load_settings
 
-    parser = argparse.ArgumentParser(prog="python -m bot.relay")
+    parser = argparse.ArgumentParser(prog="python -m bot.outbox.relay")
     parser.add_argument("--status-file", help="write the relay's snapshot (JSON) here")
     args = parser.parse_args(argv)
     try:

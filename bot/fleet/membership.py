@@ -1,5 +1,5 @@
 """The worker side of the fleet: registration with backoff, health check, heartbeat thread,
-READY <-> PROCESSING, DEGRADED and back, and deregistration. Driven by `bot.fleet.FleetStep`.
+READY <-> PROCESSING, DEGRADED and back, and deregistration. Driven by `bot.fleet.step.FleetStep`.
 
 Heartbeats run in a dedicated daemon thread of the worker main process, not on the worker's
 timer. Why: the timer is the event loop's, and (observed, Celery 5.7) it does not fire while
@@ -25,14 +25,15 @@ import celery
 import redis
 from celery.worker import state as worker_state
 
-from bot import __version__, worker_info
-from bot.backoff import backoff_ceiling, full_jitter
-from bot.breaker import BreakerOpen, BreakerState, CircuitBreaker, SharedCircuitBreaker
-from bot.identity import Identity
-from bot.lifecycle import Lifecycle, State
+from bot import __version__
+from bot.base.backoff import backoff_ceiling, full_jitter
+from bot.base.breaker import BreakerOpen, BreakerState, CircuitBreaker, SharedCircuitBreaker
+from bot.fleet.identity import Identity
+from bot.fleet.lifecycle import Lifecycle, State
+from bot.fleet.records import Registry, op_schemas
 from bot.ops import REGISTRY
-from bot.redis_client import connect
-from bot.registry import Registry, op_schemas
+from bot.runtime import worker_state as worker_info
+from bot.store.connect import connect
 from config.settings import Settings, redact_url
 
 logger = logging.getLogger("bot.fleet")

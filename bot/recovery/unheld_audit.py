@@ -1,12 +1,12 @@
 """Claim audit: a live worker hands back the jobs it is recorded as running but no longer holds.
 
 While a job's record names a live instance as owner, every other delivery of that job is acked
-without running (`busy` in bot/lua/acquire.lua). That is right only while the owner really
+without running (`busy` in bot/store/lua/acquire.lua). That is right only while the owner really
 holds the job. Two paths leave a live instance recorded as owner of a job it let go of:
 - an acquire whose reply was lost: the script ran, then Redis went away before the answer
   came back; the pool child saw an error, kept retrying, then handed the message back
   (`Reject(requeue=True)`), and the copy delivered next was acked as `busy`;
-- a pool child lost while Redis was unreachable, so bot/worker_lost.py could not hand the
+- a pool child lost while Redis was unreachable, so bot/jobs/child_lost.py could not hand the
   job back before Celery requeued its message.
 The reaper cannot see either (the owner's lease is alive), so each worker audits its own
 claims, every BOT_REAPER_INTERVAL in the reaper's thread:
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from bot.jobs import now_ms
-from bot.keys import Keys
-from bot.reaper import CONNECTION_ERRORS, Requeued, reap_job
+from bot.jobs.store import now_ms
+from bot.recovery.reaper import CONNECTION_ERRORS, Requeued, reap_job
+from bot.store.keys import Keys
 
 logger = logging.getLogger(__name__)
 

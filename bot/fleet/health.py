@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.identity import local_identities
-from bot.lifecycle import HEALTHY
-from bot.registry import Registry, WorkerView
+from bot.fleet.identity import local_identities
+from bot.fleet.lifecycle import HEALTHY
+from bot.fleet.records import Registry, WorkerView
 
 
 @dataclass(frozen=True)

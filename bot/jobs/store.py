@@ -3,7 +3,7 @@
 acquire: before the op body runs, take the job (owner, fence+1, attempts+1) unless it ended
 (duplicate delivery) or runs under a live owner. complete: only the owner holding the current
 fence may record an outcome; a final outcome appends the report to the outbox in the same
-script. Both are single Lua scripts (`bot/lua/`), so every multi-key change is atomic.
+script. Both are single Lua scripts (`bot/store/lua/`), so every multi-key change is atomic.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import redis
 
-from bot import scripts
-from bot.keys import Keys
-from bot.metrics import duration_sum_field, outcome_fields
+from bot.observe.metrics import duration_sum_field, outcome_fields
+from bot.store import scripts
+from bot.store.keys import Keys
 
 #: How many times acquire re-reads the owner when it moved between read and script.
 _ACQUIRE_READ_ATTEMPTS = 5
@@ -51,7 +51,7 @@ class Delivery:
     delivery_tag: str
     message: dict[str, Any]
     enqueued_at_ms: int | None = None
-    #: Binds the job id to what was submitted (bot.envelope.payload_digest); '' for none.
+    #: Binds the job id to what was submitted (bot.jobs.envelope.payload_digest); '' for none.
     digest: str = ""
 
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import redis
 
-from bot import scripts
-from bot.keys import Keys
+from bot.store import scripts
+from bot.store.keys import Keys
 
 #: The built-in HTTP sink's consumer group.
 HTTP_GROUP = "http"

@@ -6,8 +6,8 @@ so it starts after the pool and (steps stop in reverse) is stopped before the po
 
 Celery 5.7 (prefork) behaviour relied on; the tests in tests/e2e/test_fleet.py that pin it:
 - `__init__` of worker steps runs in `WorkController.__init__`, after logging is set up and
-  before the pool forks: identity, `bot.runtime.RUNTIME` and `LogContext.instance_id` are set
-  there so every pool child inherits them (pool-child log lines carry the instance id; a
+  before the pool forks: identity, `bot.runtime.process.RUNTIME` and `LogContext.instance_id`
+  are set there so every pool child inherits them (pool-child log lines carry the instance id; a
   non-prefork `--autoscale` is refused from there: test_threads_pool_with_autoscale_...).
 - Warm shutdown (SIGTERM): the step's `stop()` runs *before* the pool drains, and (DESIGN.md)
   `shutdown()` is never called for worker steps. So `stop()` only marks SHUTTING_DOWN (the
@@ -47,10 +47,10 @@ from typing import Any, ClassVar, Protocol
 
 from celery import bootsteps, signals
 
-from bot.fleet_agent import FleetAgent
-from bot.identity import Identity, resolve_identity
-from bot.lifecycle import Lifecycle
-from bot.runtime import RUNTIME
+from bot.fleet.identity import Identity, resolve_identity
+from bot.fleet.lifecycle import Lifecycle
+from bot.fleet.membership import FleetAgent
+from bot.runtime.process import RUNTIME
 from config.logging_setup import LogContext
 from config.settings import Settings
 
@@ -84,22 +84,22 @@ DEFAULT_SERVICES: list[ServiceFactory] = []
 
 
 def _reaper(context: FleetContext) -> Service:
-    """Issue 4: recover the jobs of dead instances (bot/reaper.py), every BOT_REAPER_INTERVAL."""
-    from bot.reaper import reaper_service
+    """Recover the jobs of dead instances (bot/recovery/reaper.py), every BOT_REAPER_INTERVAL."""
+    from bot.recovery.reaper import reaper_service
 
     return reaper_service(context)
 
 
 def _relay(context: FleetContext) -> Service:
-    """Issue 5: deliver the outbox to the HTTP sink (bot/relay.py), when BOT_REPORT_URL is set."""
-    from bot.services import relay_service
+    """Deliver the outbox to the HTTP sink (bot/outbox/relay.py), when BOT_REPORT_URL is set."""
+    from bot.fleet.services import relay_service
 
     return relay_service(context)
 
 
 def _metrics(context: FleetContext) -> Service:
-    """/metrics on BOT_METRICS_ADDR:BOT_METRICS_PORT (bot/metrics.py), when the port is set."""
-    from bot.services import metrics_service
+    """/metrics on BOT_METRICS_ADDR:BOT_METRICS_PORT (bot/observe/metrics.py), given the port."""
+    from bot.fleet.services import metrics_service
 
     return metrics_service(context)
 

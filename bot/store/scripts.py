@@ -1,4 +1,4 @@
-"""Loads the Lua scripts that live next to this module (`bot/lua/*.lua`)."""
+"""Loads the Lua scripts that live next to this module (`bot/store/lua/*.lua`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from redis.commands.core import Script
 
 @cache
 def lua_source(name: str) -> str:
-    return files("bot").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return files("bot.store").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 def register(client: redis.Redis, name: str) -> Script:

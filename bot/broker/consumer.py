@@ -1,6 +1,6 @@
 """The worker's consumer: Celery's, with a last-resort guard around every message it takes in.
 
-bot/intake.py guards `ops.*` messages and gives each a record and a report. Any other task
+bot/jobs/intake.py guards `ops.*` messages and gives each a record and a report. Any other task
 name (Celery's own `celery.*` tasks, an app's plain tasks) still goes through Celery's default
 strategy, where a malformed body or header raises in the main process; Celery calls that
 "Unrecoverable error" and stops the worker, and the message, put back at the head of its queue,
@@ -19,7 +19,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu.utils.functional import dictfilter
 
-from bot.envelope import printable
+from bot.jobs.envelope import printable
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from bot.breaker import CircuitBreaker
-from bot.worker_info import OutcomeCounters
+from bot.base.breaker import CircuitBreaker
+from bot.runtime.worker_state import OutcomeCounters
 
 
 @dataclass

@@ -11,7 +11,7 @@ so Celery reconnects exactly as before; every channel this process opens afterwa
 puts the stranded messages back at the head of their queue, with kombu's own restore (RPUSH,
 the end BRPOP takes next; `redelivered` set). Should the unacked write have reached Redis
 after all, the message now exists twice: harmless, a job's acquire is fenced and the second
-delivery is acked without running (bot/lua/acquire.lua).
+delivery is acked without running (bot/store/lua/acquire.lua).
 
 Not covered: the process dying inside that same window (kill -9 between the two round trips),
 or exiting while Redis stays unreachable (the stranded messages are logged at exit). Closing
@@ -44,7 +44,7 @@ from kombu.transport import redis as kombu_redis
 logger = logging.getLogger(__name__)
 
 #: This transport, as kombu names transports.
-TRANSPORT = "bot.transport:Transport"
+TRANSPORT = "bot.broker.transport:Transport"
 #: URL schemes that resolve to it once installed (both are kombu's Redis transport otherwise).
 SCHEMES = ("redis", "rediss")
 
@@ -154,7 +154,7 @@ class Channel(kombu_redis.Channel):
         """kombu's read of one message; an item that is not a kombu message (not JSON, or
         without kombu's envelope) is dropped with a log line instead of stopping the worker.
         It is off the queue already and names no job, so there is nothing to put back.
-        Errors of the consumer itself never arrive here (bot/consumer.py catches them), and a
+        Errors of the consumer itself never arrive here (bot/broker/consumer.py catches them), and a
         Redis error is none of these types: it propagates, and Celery reconnects."""
         try:
             return super()._brpop_read(**options)

@@ -11,7 +11,7 @@ The HTTP sink POSTs the report JSON with `Authorization: Bearer <BOT_REPORT_TOKE
 produce (a relay killed between the POST and its XACK). Its answer is judged by status alone:
 2xx is delivered; a 4xx about the report (400, 409, 413, 422, 431 ...) rejects it; anything
 else (a 5xx, a 4xx about the sink itself such as 401 or 404, a transport error, the overall
-deadline: one wall-clock limit on the whole request, `bot.http_deadline`) is a failed
+deadline: one wall-clock limit on the whole request, `bot.outbox.http_deadline`) is a failed
 attempt. At most `MAX_RESPONSE_BYTES` of a response body are read, streamed, and only to quote
 the start of a rejection in its reason. The token is never logged nor put in an
 error message; sending it over plain http:// is warned about once, at start.
@@ -29,9 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from bot.envelope import printable
-from bot.http_deadline import DeadlineTransport
-from bot.outbox import HTTP_GROUP
+from bot.jobs.envelope import printable
+from bot.outbox.http_deadline import DeadlineTransport
+from bot.outbox.stream import HTTP_GROUP
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
