@@ -7,17 +7,20 @@ build their own with `create_app(settings)`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from celery import Celery, signals
 
+from bot.base.clock import now_ms
 from bot.broker import transport
 from bot.discovery import discover_ops
+from bot.fleet.step import install_fleet
 from bot.jobs.envelope import ENQUEUED_AT_HEADER
 from bot.jobs.intake import reject_unknown_op
 from bot.jobs.run import OpTask, run_op
-from bot.jobs.store import JobStore, now_ms
+from bot.jobs.store import JobStore
 from bot.ops import REGISTRY, OpSpec
 from bot.store.connect import connect
 from bot.store.keys import Keys
@@ -37,6 +40,9 @@ class BotApp(Celery):
         self._redis: redis.Redis | None = None
         self._store: JobStore | None = None
         self._pid = 0
+        #: The fleet step's service factories (`install_fleet(app, services=...)`); None: the
+        #: DEFAULT_SERVICES of bot/fleet/services.py when the worker starts.
+        self.fleet_services: Sequence[Callable[[Any], Any]] | None = None
 
     def redis(self) -> redis.Redis:
         """This process's client for bot's own keys (a forked pool child makes its own)."""
@@ -74,8 +80,6 @@ def create_app(settings: Settings, *, fleet: bool = True, **kwargs: Any) -> BotA
         register_op(app, spec)
     _connect_signals(settings)
     if fleet:
-        from bot.fleet.step import install_fleet
-
         install_fleet(app)
     return app
 

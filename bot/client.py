@@ -16,10 +16,10 @@ from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
 from pydantic import BaseModel
 
+from bot.base.clock import now_ms
 from bot.errors import InvalidJobId
 from bot.jobs.envelope import job_id_problem, payload_digest
 from bot.jobs.reports import FINAL_STATES, ms_to_datetime
-from bot.jobs.store import now_ms
 from bot.ops import REGISTRY, check_size
 
 if TYPE_CHECKING:

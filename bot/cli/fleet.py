@@ -9,7 +9,7 @@ import time
 import click
 import redis
 
-from bot.cli import EXIT_FAILED, EXIT_OK
+from bot.base.exits import EXIT_FAILED, EXIT_OK
 from bot.fleet.health import fleet_health, local_health
 from bot.fleet.records import Registry, WorkerView
 from bot.store.connect import connect

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from bot.cli import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
+from bot.base.exits import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
 from bot.client import Client, JobStatus
 from bot.errors import PayloadRejected
 from bot.jobs.envelope import printable

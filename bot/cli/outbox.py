@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from bot.cli import EXIT_FAILED, EXIT_USAGE
+from bot.base.exits import EXIT_FAILED, EXIT_USAGE
 from bot.jobs.envelope import printable
 from bot.outbox.stream import Outbox
 

@@ -24,12 +24,13 @@ import os
 import platform
 import socket
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from bot.base.clock import now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def resolve_identity(
         fingerprint=fingerprint,
         node_name=node_name,
         hostname=host,
-        started_at_ms=int(time.time() * 1000),
+        started_at_ms=now_ms(),
         pid=os.getpid(),
     )
     with _locked(state_dir):

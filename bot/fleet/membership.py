@@ -25,30 +25,30 @@ import celery
 import redis
 from celery.worker import state as worker_state
 
-from bot import __version__
 from bot.base.backoff import backoff_ceiling, full_jitter
 from bot.base.breaker import BreakerOpen, BreakerState, CircuitBreaker, SharedCircuitBreaker
+from bot.base.exits import EXIT_STARTUP_FAILED
+from bot.base.loop import Loop
+from bot.base.version import __version__
 from bot.fleet.identity import Identity
 from bot.fleet.lifecycle import Lifecycle, State
 from bot.fleet.records import Registry, op_schemas
 from bot.ops import REGISTRY
+from bot.outbox.sinks import is_sink_breaker
 from bot.runtime import worker_state as worker_info
 from bot.store.connect import connect
 from config.settings import Settings, redact_url
 
 logger = logging.getLogger("bot.fleet")
 
-#: Exit code when start-up gives up on Redis (a supervisor can tell it from a crash, 1,
-#: and from a configuration error, 2).
-EXIT_STARTUP_FAILED = 3
 #: Seconds between checks for READY <-> PROCESSING changes (no Redis I/O).
 ACTIVITY_POLL_S = 0.1
 #: Deregistration attempts at shutdown, and the pause between them (seconds).
 DEREGISTER_ATTEMPTS = 3
 DEREGISTER_PAUSE_S = 0.2
+#: Wider than `UNREACHABLE` on purpose: registration, beats and deregistration treat any
+#: Redis error (a refused command included) and a socket error as "Redis is not usable now".
 _REDIS_ERRORS = (redis.RedisError, OSError)
-#: Breakers named with this prefix guard a report sink; one not closed means DEGRADED.
-SINK_BREAKER_PREFIX = "sink:"
 
 
 class StartupFailed(SystemExit):
@@ -80,12 +80,13 @@ class FleetAgent:
         self.pid = os.getpid()
         self.registered = False
         self._registry: Registry | None = None
-        self._wake = threading.Event()
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
+        #: Set by a lifecycle change: the next heartbeat goes out now (the record shows it).
+        self._beat_now = threading.Event()
+        self._loop = Loop("heartbeat", self._heartbeat_round)
+        self._next_beat = 0.0
         self._finish_lock = threading.Lock()
         self._finished = False
-        self.lifecycle.add_listener(lambda *_: self._wake.set())
+        self.lifecycle.add_listener(lambda *_: self._wake_beat())
 
     @property
     def lease_ttl_ms(self) -> int:
@@ -114,8 +115,7 @@ class FleetAgent:
             self.lifecycle.to(State.DEGRADED, "; ".join(problems))
         else:
             self.lifecycle.to(State.READY, "registered and healthy")
-        self._thread = threading.Thread(target=self._run, name="bot-heartbeat", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def _register_with_backoff(self) -> None:
         cap = self.settings.max_startup_attempts
@@ -225,19 +225,22 @@ class FleetAgent:
 
     # -- heartbeats --------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        interval = self.settings.heartbeat_interval
-        next_beat = 0.0
-        while not self._halt.is_set():
-            self._track_activity()
-            if self._wake.is_set() or time.monotonic() >= next_beat:
-                self._wake.clear()
-                try:
-                    self.beat()
-                except Exception:  # the heartbeat thread must outlive any bug in one beat
-                    logger.exception("heartbeat failed unexpectedly")
-                next_beat = time.monotonic() + interval
-            self._wake.wait(min(ACTIVITY_POLL_S, max(0.0, next_beat - time.monotonic())))
+    def _wake_beat(self) -> None:
+        self._beat_now.set()
+        self._loop.wake()
+
+    def _heartbeat_round(self) -> float:
+        """One round of the heartbeat loop: follow activity; beat when due or woken. Returns
+        the wait before the next round (short: READY <-> PROCESSING is polled)."""
+        self._track_activity()
+        if self._beat_now.is_set() or time.monotonic() >= self._next_beat:
+            self._beat_now.clear()
+            try:
+                self.beat()
+            except Exception:  # the heartbeat thread must outlive any bug in one beat
+                logger.exception("heartbeat failed unexpectedly")
+            self._next_beat = time.monotonic() + self.settings.heartbeat_interval
+        return min(ACTIVITY_POLL_S, max(0.0, self._next_beat - time.monotonic()))
 
     def _track_activity(self) -> None:
         """READY <-> PROCESSING from what the main process holds (the pool children's
@@ -286,7 +289,7 @@ class FleetAgent:
         return sorted(
             name
             for name, breaker in self.breakers.items()
-            if name.startswith(SINK_BREAKER_PREFIX) and breaker.state is not BreakerState.CLOSED
+            if is_sink_breaker(name) and breaker.state is not BreakerState.CLOSED
         )
 
     def _reregister(self) -> None:
@@ -323,10 +326,7 @@ class FleetAgent:
             self._finished = True
         self.begin_shutdown(how)
         stop_services()
-        self._halt.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(5.0, 2 * self.settings.heartbeat_interval))
+        self._loop.stop(timeout_s=max(5.0, 2 * self.settings.heartbeat_interval))
         if self.registered:
             self._deregister(how)
         self.lifecycle.to_if(frozenset({State.SHUTTING_DOWN}), State.STOPPED, how)

@@ -19,13 +19,10 @@ from typing import Any
 
 import redis
 
+from bot.base.clock import now_ms
 from bot.ops import REGISTRY
 from bot.store import scripts
 from bot.store.keys import KOMBU_UNACKED_INDEX, Keys, kombu_key
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def op_schemas() -> dict[str, str]:

@@ -22,132 +22,41 @@ Celery 5.7 (prefork) behaviour relied on; the tests in tests/e2e/test_fleet.py t
 - `celery.worker.state.requests` holds every request the main process has (reserved,
   scheduled, running), each with its kombu `message.delivery_tag` (heartbeat renewal).
 
-Extension point: services. A service is any object with `start()` and `stop()`; a
-`ServiceFactory` builds one from a `FleetContext` (app, settings, identity, lifecycle). Services
-start after the worker is READY (in the order given) and stop at deregistration, after the pool
-drained (in reverse order). `PeriodicService` turns a callable into one that runs every
-`interval_s` in its own thread. Every worker runs the reaper, the outbox relay (with
-BOT_REPORT_URL) and the /metrics server (with BOT_METRICS_PORT); more can be added with
-
-    fleet.DEFAULT_SERVICES.append(
-        lambda ctx: fleet.PeriodicService("cleanup", 60.0, cleanup_once))
-
-or per app: `install_fleet(app, services=[...])`. Factories are read when the worker starts,
-so appending to `DEFAULT_SERVICES` after `bot` was imported still counts.
+Services (bot/fleet/services.py) start after the worker is READY, in the order given, and stop
+at deregistration, after the pool drained, in reverse order. The factories come from the app
+(`install_fleet(app, services=[...])`), or `services.DEFAULT_SERVICES` when it names none.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 from celery import bootsteps, signals
+from celery.concurrency import ALIASES
+from celery.concurrency.prefork import TaskPool as PreforkPool
 
-from bot.fleet.identity import Identity, resolve_identity
-from bot.fleet.lifecycle import Lifecycle
+from bot.base.exits import EXIT_USAGE
+from bot.fleet.identity import resolve_identity
 from bot.fleet.membership import FleetAgent
+from bot.fleet.services import DEFAULT_SERVICES, FleetContext, Service, ServiceFactory
 from bot.runtime.process import RUNTIME
 from config.logging_setup import LogContext
-from config.settings import Settings
 
 logger = logging.getLogger("bot.fleet")
-
-#: Exit code for a pool/option combination bot refuses (a configuration error).
-EXIT_UNSUPPORTED = 2
-
-
-class Service(Protocol):
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class FleetContext:
-    """What a service gets to build itself."""
-
-    app: Any
-    settings: Settings
-    identity: Identity
-    lifecycle: Lifecycle
-    #: The breakers shown in the worker record; a service adds its own (e.g. a sink's).
-    breakers: dict[str, Any]
-
-
-ServiceFactory = Callable[[FleetContext], Service]
-
-#: Services every worker runs: the reaper, the outbox relay, the metrics server.
-DEFAULT_SERVICES: list[ServiceFactory] = []
-
-
-def _reaper(context: FleetContext) -> Service:
-    """Recover the jobs of dead instances (bot/recovery/reaper.py), every BOT_REAPER_INTERVAL."""
-    from bot.recovery.reaper import reaper_service
-
-    return reaper_service(context)
-
-
-def _relay(context: FleetContext) -> Service:
-    """Deliver the outbox to the HTTP sink (bot/outbox/relay.py), when BOT_REPORT_URL is set."""
-    from bot.fleet.services import relay_service
-
-    return relay_service(context)
-
-
-def _metrics(context: FleetContext) -> Service:
-    """/metrics on BOT_METRICS_ADDR:BOT_METRICS_PORT (bot/observe/metrics.py), given the port."""
-    from bot.fleet.services import metrics_service
-
-    return metrics_service(context)
-
-
-DEFAULT_SERVICES.extend([_reaper, _relay, _metrics])
-
-
-class PeriodicService:
-    """Runs `fn()` every `interval_s` seconds in a daemon thread until stopped. An exception is
-    logged and the next round still runs: a periodic job must not kill the worker."""
-
-    def __init__(self, name: str, interval_s: float, fn: Callable[[], object]) -> None:
-        self.name = name
-        self.interval_s = interval_s
-        self.fn = fn
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"bot-{self.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._halt.wait(self.interval_s):
-            try:
-                self.fn()
-            except Exception:
-                logger.exception("periodic service %s failed; next run in %.1fs", self.name,
-                                 self.interval_s)  # fmt: skip
-
-    def stop(self) -> None:
-        self._halt.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(5.0, self.interval_s))
 
 
 class UnsupportedPool(SystemExit):
     def __init__(self, message: str) -> None:
-        super().__init__(EXIT_UNSUPPORTED)
+        super().__init__(EXIT_USAGE)
         self.message = message
 
 
 def refuse_unsupported_pool(worker: Any) -> None:
     """`--autoscale` needs prefork: Celery's threads pool has no `grow` and crashes at the
     first scale-up, so refuse the combination at start with one message."""
-    from celery.concurrency import ALIASES
-    from celery.concurrency.prefork import TaskPool as PreforkPool
-
     pool_cls = getattr(worker, "pool_cls", None)
     if not getattr(worker, "autoscale", None):
         return
@@ -169,8 +78,6 @@ class FleetStep(bootsteps.StartStopStep):
 
     label = "fleet"
     requires = {"celery.worker.components:Pool"}
-    #: None: use DEFAULT_SERVICES (read at worker start).
-    service_factories: ClassVar[Sequence[ServiceFactory] | None] = None
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
@@ -190,7 +97,7 @@ class FleetStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         self.agent.start()
-        factories = self.service_factories
+        factories = worker.app.fleet_services
         context = FleetContext(
             worker.app,
             self.agent.settings,
@@ -254,12 +161,14 @@ def _at_exit() -> None:
 
 
 def install_fleet(app: Any, services: Sequence[ServiceFactory] | None = None) -> None:
-    """Add the fleet step to the worker blueprint (with these services, or DEFAULT_SERVICES)."""
-    step = type("FleetStep", (FleetStep,), {"service_factories": services})
-    app.steps["worker"].add(step)
+    """Add the fleet step to the worker blueprint, with these services (None: the
+    DEFAULT_SERVICES of when the worker starts)."""
+    app.fleet_services = services
+    app.steps["worker"].add(FleetStep)
     # dispatch_uid: an app built twice in one process connects each receiver once.
     signals.worker_shutdown.connect(on_worker_shutdown, weak=False, dispatch_uid="bot.fleet.stop")
     signals.task_postrun.connect(on_task_postrun, weak=False, dispatch_uid="bot.fleet.count")
-    if not getattr(_at_exit, "registered", False):
-        atexit.register(_at_exit)
-        _at_exit.registered = True  # type: ignore[attr-defined]
+
+
+# A no-op unless this process runs a fleet step.
+atexit.register(_at_exit)

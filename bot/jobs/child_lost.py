@@ -25,15 +25,15 @@ import logging
 import time
 from typing import Any
 
-import redis
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
+from bot.base.clock import now_ms
 from bot.jobs.outcome import Attempt
-from bot.jobs.store import Acquired, Delivery, now_ms
-from bot.recovery.reaper import CHILD_LOST_COUNTER, reap_job
+from bot.jobs.store import CHILD_LOST_COUNTER, Acquired, Delivery, reap_job
 from bot.runtime.process import RUNTIME
+from bot.store.connect import UNREACHABLE
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def hand_back(app: Any, job_id: str, pid: int | None) -> bool:
         requeued = reap_job(
             app.redis(), app.keys, job_id, RUNTIME.owner(), CHILD_LOST_COUNTER, pid=pid
         )
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except UNREACHABLE as exc:
         # The record stays `running` under this live instance; on this worker acquire still
         # takes it over (dead recorded pid), elsewhere it is skipped as busy. Say so loudly.
         logger.error("job %s: pool child lost and Redis unreachable (%s)", job_id, exc)
@@ -103,7 +103,7 @@ def end_timed_out(app: Any, job_id: str, pid: int | None, timeout: float) -> boo
             return False
         error = TimeLimitExceeded(f"hard time limit ({timeout}s) exceeded; pool child killed")
         ended = attempt.finish_once("failed", error=error)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except UNREACHABLE as exc:
         logger.error("job %s: hard time limit hit and Redis unreachable (%s)", job_id, exc)
         return False
     if ended:

@@ -20,7 +20,6 @@ import logging
 import os
 from typing import Any
 
-import redis
 from celery.worker.strategy import default as default_strategy
 
 from bot.errors import UnknownOp
@@ -39,10 +38,9 @@ from bot.jobs.outcome import Attempt
 from bot.jobs.store import Acquired, Delivery
 from bot.ops import TASK_PREFIX, op_name_problem
 from bot.runtime.process import RUNTIME
+from bot.store.connect import UNREACHABLE
 
 logger = logging.getLogger(__name__)
-
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def guarded(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
@@ -191,5 +189,5 @@ def reject_unknown_op(sender: Any, message: Any, name: str, id: str, **_: Any) -
     )
     try:
         record_rejection(app, delivery, error)
-    except REDIS_ERRORS as exc:  # Celery acks the message regardless; say so loudly
+    except UNREACHABLE as exc:  # Celery acks the message regardless; say so loudly
         logger.error("job %s: unknown op not recorded (Redis: %s)", delivery.job_id, exc)

@@ -13,18 +13,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import redis
+from typing import Any
 
 from bot.base.backoff import full_jitter
+from bot.base.clock import now_ms
 from bot.errors import PayloadRejected
+from bot.jobs.ports import AppPort
 from bot.jobs.reports import Report, ReportError, ReportWorker, ms_to_datetime
-from bot.jobs.store import Acquired, Delivery, Outcome, now_ms
+from bot.jobs.store import Acquired, Delivery, Outcome
 from bot.runtime.process import RUNTIME
-
-if TYPE_CHECKING:
-    from bot.application import BotApp
+from bot.store.connect import UNREACHABLE
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +34,7 @@ def error_of(exc: BaseException) -> ReportError:
 
 @dataclass
 class Attempt:
-    app: BotApp
+    app: AppPort
     delivery: Delivery
     acquired: Acquired
     owner: str
@@ -145,7 +143,7 @@ class Attempt:
             while True:
                 try:
                     return self._complete(outcome)
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                except UNREACHABLE as exc:
                     if failures == 0:
                         RUNTIME.counters.held(+1)
                     delay = full_jitter(

@@ -13,7 +13,6 @@ import time
 import uuid
 from typing import Any
 
-import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject
 from pydantic import BaseModel
@@ -27,12 +26,12 @@ from bot.jobs.progress import unbind as unbind_progress
 from bot.jobs.store import Acquired, Delivery, Skipped
 from bot.ops import OpSpec, check_size
 from bot.runtime.process import RUNTIME
+from bot.store.connect import UNREACHABLE
 
 logger = logging.getLogger(__name__)
 
 #: Tries of job acquire across a Redis error before the message is handed back to the broker.
 ACQUIRE_ATTEMPTS = 5
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 class JobDead(BotError):
@@ -132,7 +131,7 @@ def acquire_or_requeue(task: OpTask, delivery: Delivery) -> Acquired | Skipped:
                     claim,
                     max_recoveries=settings.max_recoveries,
                 )
-            except REDIS_ERRORS as exc:
+            except UNREACHABLE as exc:
                 breaker.record_failure()
                 problem = f"{type(exc).__name__}: {exc}"
             else:

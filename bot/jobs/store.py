@@ -1,31 +1,29 @@
-"""The job record (`bot:job:{id}`) and the fenced acquire/complete steps that guard it.
+"""The job store: the fenced acquire/complete/reap steps on the job record `bot:job:{id}`.
 
 acquire: before the op body runs, take the job (owner, fence+1, attempts+1) unless it ended
 (duplicate delivery) or runs under a live owner. complete: only the owner holding the current
 fence may record an outcome; a final outcome appends the report to the outbox in the same
-script. Both are single Lua scripts (`bot/store/lua/`), so every multi-key change is atomic.
+script. reap: hand a job back (`queued`, recoveries + 1) if it still runs under the owner
+named, at the fence read; used by the reaper, the unheld-job audit and the lost-child hand-back.
+All are single Lua scripts (`bot/store/lua/`), so every multi-key change is atomic.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from bot.observe.metrics import duration_sum_field, outcome_fields
+from bot.base.clock import now_ms
 from bot.store import scripts
 from bot.store.keys import Keys
+from bot.store.metrics_hash import duration_sum_field, outcome_fields
 
 #: How many times acquire re-reads the owner when it moved between read and script.
 _ACQUIRE_READ_ATTEMPTS = 5
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def process_alive(pid: int) -> bool:
@@ -202,3 +200,45 @@ class JobStore:
             self.keys.job(job_id),
             mapping={"progress": json.dumps(progress), "updated_at": now_ms()},
         )
+
+
+#: bot:stats counters naming the path that recovered a job.
+REAPER_COUNTER = "reaper_recovered"
+CHILD_LOST_COUNTER = "child_lost_recovered"
+UNHELD_COUNTER = "unheld_recovered"
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """A job that `reap.lua` moved back to `queued`; its message must now be put back."""
+
+    job_id: str
+    recoveries: int
+    delivery_tag: str
+    message: str
+
+
+def reap_job(
+    client: redis.Redis,
+    keys: Keys,
+    job_id: str,
+    owner: str,
+    counter: str,
+    pid: int | None = None,
+    fence: str | None = None,
+) -> Requeued | None:
+    """Move `job_id` back to `queued` if it still runs under `owner` (and, given `pid`, in that
+    process). The fence (read here unless the caller read it along with what it judged) makes
+    the script a no-op if the job moved meanwhile."""
+    if fence is None or pid is not None:
+        seen_fence, seen_pid = client.hmget(keys.job(job_id), "fence", "pid")
+        if pid is not None and seen_pid != str(pid):
+            return None
+        fence = fence if fence is not None else str(seen_fence or "0")
+    reply = scripts.register(client, "reap")(
+        keys=[keys.job(job_id), keys.inflight(owner), keys.stats],
+        args=[job_id, owner, fence, now_ms(), counter],
+    )
+    if reply[0] != "queued":
+        return None
+    return Requeued(job_id, int(reply[1]), reply[2], reply[3])

@@ -12,69 +12,32 @@ label or a hash field; any other name a sender chose counts as `op="unknown"`.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from bot.ops import REGISTRY
-
-if TYPE_CHECKING:
-    from bot.application import BotApp
+from bot.jobs.ports import AppPort
+from bot.store.metrics_hash import DURATION_BUCKETS_S, SEP, duration_sum_field
 
 logger = logging.getLogger(__name__)
 
-#: Upper bounds (seconds) of the job duration histogram's buckets; +Inf is implied.
-DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
-_SEP = "|"
 #: Breaker states as numbers, for alerting on `bot_breaker_state > 0`.
 BREAKER_LEVELS = {"closed": 0, "half_open": 1, "open": 2}
 #: Fleet-wide counters of `bot:stats` exposed as `bot_<name>_total`.
 FLEET_COUNTERS = ("recoveries", "lease_lost", "duplicates_skipped")
-#: The `op` label of every op name that is not registered here.
-UNKNOWN_OP = "unknown"
-
-
-def duration_bucket(seconds: float) -> str:
-    """The label of the smallest bucket holding `seconds` ("+Inf" past the last)."""
-    index = bisect.bisect_left(DURATION_BUCKETS_S, seconds)
-    return "+Inf" if index == len(DURATION_BUCKETS_S) else repr(float(DURATION_BUCKETS_S[index]))
-
-
-def metric_op(name: str) -> str:
-    """The `op` label for an op name: the name of a registered op, else "unknown".
-
-    The name comes from the message (any `ops.*` task name a sender chose), so an unknown one
-    must not become a label or a hash field of its own: that would grow Redis and every
-    scrape without bound."""
-    return name if name in REGISTRY else UNKNOWN_OP
-
-
-def outcome_fields(op: str, status: str, duration_s: float) -> list[str]:
-    """The metrics-hash fields the complete script increments by one for an ended attempt."""
-    label = metric_op(op)
-    return [
-        _SEP.join(("jobs", label, status)),
-        _SEP.join(("duration", label, duration_bucket(duration_s))),
-    ]
-
-
-def duration_sum_field(op: str) -> str:
-    """The metrics-hash field the complete script adds each attempt's milliseconds to."""
-    return _SEP.join(("duration_ms_sum", metric_op(op), "total"))
 
 
 class WorkerCollector(Collector):
     """Reads one worker's numbers from Redis at scrape time."""
 
-    def __init__(self, app: BotApp, instance_id: Callable[[], str | None]) -> None:
+    def __init__(self, app: AppPort, instance_id: Callable[[], str | None]) -> None:
         self.app = app
         self.instance_id = instance_id
 
@@ -118,7 +81,7 @@ def job_metrics(counts: dict[str, str]) -> Iterator[Any]:
     )
     buckets: dict[str, dict[str, int]] = {}
     for field, value in counts.items():
-        kind, op, label = field.split(_SEP, 2)
+        kind, op, label = field.split(SEP, 2)
         if kind == "jobs":
             jobs.add_metric([op, label], int(value))
         elif kind == "duration":
@@ -195,7 +158,7 @@ def fleet_metrics(stats: dict[str, str], outbox_len: int, dead_len: int) -> Iter
 
 
 def serve(
-    app: BotApp, port: int, instance_id: Callable[[], str | None], addr: str = "127.0.0.1"
+    app: AppPort, port: int, instance_id: Callable[[], str | None], addr: str = "127.0.0.1"
 ) -> Any:
     """Start the /metrics HTTP server (a daemon thread) on `addr`:`port` (BOT_METRICS_ADDR,
     loopback unless told otherwise); return the server."""

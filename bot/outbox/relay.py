@@ -1,6 +1,6 @@
 """The relay: drains one consumer group of the outbox into one sink (the built-in HTTP sink).
 
-One `Relay` per worker (started by the fleet bootstep) or standalone (`python -m bot.outbox.relay`).
+One `Relay` per worker (started by the fleet bootstep) or standalone (`python -m bot.cli.relay`).
 Its consumer name is the worker's instance id, so each relay's pending list is its own. A pass
 (`run_once`) does, in order:
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +35,9 @@ import redis
 
 from bot.base.backoff import full_jitter
 from bot.base.breaker import BreakerState, CircuitBreaker
+from bot.base.loop import Loop
 from bot.jobs.envelope import printable
-from bot.outbox.sinks import DeliveryFailed, DeliveryRejected, Sink
+from bot.outbox.sinks import DeliveryFailed, DeliveryRejected, Sink, breaker_name
 from bot.outbox.stream import OUTBOX_MAX_AGE_S, OUTBOX_MAX_LEN, Entry, Outbox
 from bot.store.keys import Keys
 from config.settings import Settings
@@ -109,7 +109,7 @@ class Relay:
         self.consumer = consumer
         self.config = config or RelayConfig()
         self.breaker = CircuitBreaker(
-            f"sink:{self.group}",
+            breaker_name(self.group),
             self.config.breaker_threshold,
             self.config.breaker_timeout_s,
             clock,
@@ -135,8 +135,8 @@ class Relay:
             0,
         )
         self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._redis_errors = 0  # in a row, for the backoff of the loop
+        self._loop = Loop(f"relay-{self.group}", self._round, on_exit=self._flush_at_stop)
 
     @classmethod
     def from_settings(
@@ -353,46 +353,36 @@ class Relay:
         self.counters["trimmed"] += trimmed
         return trimmed
 
-    # -- thread -----------------------------------------------------------------------------------
+    # -- thread ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self.run_forever, name=f"relay-{self.group}", daemon=True
-        )
-        self._thread.start()
+        self._loop.start()
 
     def request_stop(self) -> None:
         """Ask the thread to stop after its current pass (safe from a signal handler)."""
-        self._stop.set()
+        self._loop.request_stop()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop and join the thread (a pass ends within BLOCK_MS or one sink timeout)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        self._loop.stop(timeout_s)
 
-    def run_forever(self) -> None:
-        """Passes until stop(); Redis errors are waited out with backoff, never fatal."""
-        errors = 0
-        while not self._stop.is_set():
-            try:
-                blocking = self.breaker.state is BreakerState.CLOSED and not self._retry_at
-                done = self.run_once(self.config.block_ms if blocking else 0)
-                errors = 0
-            except redis.RedisError as exc:
-                self.counters["redis_errors"] += 1
-                self.last_error = f"redis: {type(exc).__name__}"
-                delay = full_jitter(errors, 0.1, 2.0, self._rand) + 0.05
-                errors += 1
-                logger.warning("relay %s: Redis error (%s); retry in %.2fs", self.group, exc, delay)
-                self._stop.wait(delay)
-                continue
-            if not done:
-                self._stop.wait(self._idle_wait_s())
+    def _round(self) -> float:
+        """One pass of the relay's loop; Redis errors are waited out with backoff, never fatal.
+        Returns the wait before the next pass (none after a pass that did something)."""
+        try:
+            blocking = self.breaker.state is BreakerState.CLOSED and not self._retry_at
+            done = self.run_once(self.config.block_ms if blocking else 0)
+        except redis.RedisError as exc:
+            self.counters["redis_errors"] += 1
+            self.last_error = f"redis: {type(exc).__name__}"
+            delay = full_jitter(self._redis_errors, 0.1, 2.0, self._rand) + 0.05
+            self._redis_errors += 1
+            logger.warning("relay %s: Redis error (%s); retry in %.2fs", self.group, exc, delay)
+            return delay
+        self._redis_errors = 0
+        return 0.0 if done else self._idle_wait_s()
+
+    def _flush_at_stop(self) -> None:
         try:
             self._flush_acks()
         except redis.RedisError:
@@ -408,64 +398,13 @@ class Relay:
         return max(0.01, min(waits))
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters and breaker state, for the worker record and `python -m bot.outbox.relay`."""
+        """Counters and breaker state, for the worker record and `python -m bot.cli.relay`."""
         return {
             "group": self.group,
             "consumer": self.consumer,
-            "running": self._thread is not None and self._thread.is_alive(),
+            "running": self._loop.alive,
             "breaker": self.breaker.snapshot(),
             **self.counters,
             "waiting_retry": len(self._retry_at),
             "last_error": self.last_error,
         }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m bot.outbox.relay [--status-file PATH]`: one relay in the foreground against
-    BOT_REDIS_URL until SIGTERM/SIGINT; with --status-file, its snapshot() as JSON there."""
-    import argparse
-    import json
-    import os
-    import signal
-    import sys
-    import uuid
-
-    from bot.outbox.sinks import HttpSink
-    from bot.runtime.process import RUNTIME
-    from bot.store.connect import connect
-    from config.logging_setup import LogContext, configure_logging
-    from config.settings import ConfigError, load_settings
-
-    parser = argparse.ArgumentParser(prog="python -m bot.outbox.relay")
-    parser.add_argument("--status-file", help="write the relay's snapshot (JSON) here")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-        if not settings.report_url:
-            raise ConfigError("invalid configuration: BOT_REPORT_URL: must be set for a relay")
-    except ConfigError as exc:
-        print(f"bot: {exc}", file=sys.stderr)
-        raise
-    configure_logging(settings)
-    consumer = RUNTIME.instance_id or f"relay-{uuid.uuid4().hex}"
-    LogContext.instance_id = consumer
-    relay = Relay.from_settings(
-        settings, connect(settings), HttpSink.from_settings(settings), consumer
-    )
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: relay.request_stop())
-    relay.start()
-    print(f"relay {consumer} ready (pid {os.getpid()})", flush=True)
-    while relay.snapshot()["running"]:
-        if args.status_file:
-            tmp = f"{args.status_file}.tmp"
-            with open(tmp, "w", encoding="utf-8") as out:
-                json.dump(relay.snapshot(), out)
-            os.replace(tmp, args.status_file)
-        time.sleep(0.1)
-    relay.stop()
-    relay.sink.close()
-
-
-if __name__ == "__main__":
-    main()

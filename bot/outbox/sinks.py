@@ -76,6 +76,20 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+#: The prefix of a sink breaker's name (`sink:http`), in the worker record and
+#: `bot_breaker_state`; a sink breaker that is not closed makes the worker DEGRADED.
+_SINK_BREAKER_PREFIX = "sink:"
+
+
+def breaker_name(sink_name: str) -> str:
+    """The name of the circuit breaker guarding the sink `sink_name`."""
+    return f"{_SINK_BREAKER_PREFIX}{sink_name}"
+
+
+def is_sink_breaker(name: str) -> bool:
+    return name.startswith(_SINK_BREAKER_PREFIX)
+
+
 def redact_http_url(url: str) -> str:
     """The URL without user:password and query string, fit for logs."""
     parts = urlsplit(url)

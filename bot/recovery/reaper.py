@@ -28,64 +28,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError
 
-from bot.jobs.store import now_ms
+from bot.jobs.ports import AppPort
+from bot.jobs.store import REAPER_COUNTER, Requeued, reap_job
 from bot.recovery.requeue import BrokerRequeue, Requeue
 from bot.store import scripts
+from bot.store.connect import UNREACHABLE
 from bot.store.keys import Keys
 
-if TYPE_CHECKING:
-    from bot.application import BotApp
-
 logger = logging.getLogger(__name__)
-
-#: Errors that mean "Redis (or the broker) is unreachable right now": the pass is abandoned
-#: and the reaper starts over as if it had just connected.
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
-
-#: bot:stats counters naming the path that recovered a job.
-REAPER_COUNTER = "reaper_recovered"
-CHILD_LOST_COUNTER = "child_lost_recovered"
-
-
-@dataclass(frozen=True)
-class Requeued:
-    """A job that `reap.lua` moved back to `queued`; its message must now be put back."""
-
-    job_id: str
-    recoveries: int
-    delivery_tag: str
-    message: str
-
-
-def reap_job(
-    client: redis.Redis,
-    keys: Keys,
-    job_id: str,
-    owner: str,
-    counter: str,
-    pid: int | None = None,
-    fence: str | None = None,
-) -> Requeued | None:
-    """Move `job_id` back to `queued` if it still runs under `owner` (and, given `pid`, in that
-    process). The fence (read here unless the caller read it along with what it judged) makes
-    the script a no-op if the job moved meanwhile."""
-    if fence is None or pid is not None:
-        seen_fence, seen_pid = client.hmget(keys.job(job_id), "fence", "pid")
-        if pid is not None and seen_pid != str(pid):
-            return None
-        fence = fence if fence is not None else str(seen_fence or "0")
-    reply = scripts.register(client, "reap")(
-        keys=[keys.job(job_id), keys.inflight(owner), keys.stats],
-        args=[job_id, owner, fence, now_ms(), counter],
-    )
-    if reply[0] != "queued":
-        return None
-    return Requeued(job_id, int(reply[1]), reply[2], reply[3])
 
 
 @dataclass
@@ -133,7 +87,7 @@ class Reaper:
         self._owed: list[Requeued] = []
 
     @classmethod
-    def for_app(cls, app: BotApp, *, orphan_sweep: bool = True) -> Reaper:
+    def for_app(cls, app: AppPort, *, orphan_sweep: bool = True) -> Reaper:
         """The reaper of a worker of `app`. The orphan sweep relies on the heartbeat renewing
         the `unacked_index` scores of held messages; it starts at two lease TTLs."""
         settings = app.settings
@@ -169,7 +123,7 @@ class Reaper:
             finally:
                 scripts.register(self.client, "unlock")(keys=[self.keys.reaper_lock], args=[token])
             return True
-        except CONNECTION_ERRORS as exc:
+        except UNREACHABLE as exc:
             self.counters.errors += 1
             self._connected_since = None
             self.requeue.reset()
@@ -235,7 +189,7 @@ class Reaper:
         thing in every later pass until it goes through (else the job would wait forever)."""
         try:
             self._put_back_now(requeued)
-        except CONNECTION_ERRORS:
+        except UNREACHABLE:
             self._owed.append(requeued)
             logger.warning(
                 "job %s: handed back; its message goes back once Redis answers", requeued.job_id
@@ -282,27 +236,3 @@ class Reaper:
     def _count(self, field: str, stat: str) -> None:
         setattr(self.counters, field, getattr(self.counters, field) + 1)
         self.client.hincrby(self.keys.stats, stat, 1)
-
-
-def reaper_service(context: Any) -> Any:
-    """The fleet service (bot.fleet.step `ServiceFactory`) running this worker's reaper every
-    BOT_REAPER_INTERVAL in a thread of the worker's main process."""
-    from bot.fleet.step import PeriodicService
-    from bot.recovery.unheld_audit import ClaimAudit
-    from bot.runtime import worker_state as worker_info
-    from bot.runtime.process import RUNTIME
-
-    reaper = Reaper.for_app(context.app)
-    audit = ClaimAudit(
-        context.app.redis(),
-        context.app.keys,
-        owner=RUNTIME.owner,
-        held_job_ids=worker_info.held_job_ids,
-        put_back=reaper.put_back,
-    )
-
-    def one_round() -> None:
-        reaper.run_once()
-        audit.run_once()
-
-    return PeriodicService("reaper", context.settings.reaper_interval, one_round)

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from bot.jobs.ports import AppPort
+
 if TYPE_CHECKING:
     from kombu import Connection
-
-    from bot.application import BotApp
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Requeue(Protocol):
 class BrokerRequeue:
     """`Requeue` on the app's broker, through kombu's Redis channel."""
 
-    def __init__(self, app: BotApp) -> None:
+    def __init__(self, app: AppPort) -> None:
         self.app = app
         self._connection: Connection | None = None
 

@@ -36,18 +36,16 @@ from dataclasses import dataclass, field
 
 import redis
 
-from bot.jobs.store import now_ms
-from bot.recovery.reaper import CONNECTION_ERRORS, Requeued, reap_job
+from bot.base.clock import now_ms
+from bot.jobs.store import UNHELD_COUNTER, Requeued, reap_job
+from bot.store.connect import UNREACHABLE
 from bot.store.keys import Keys
 
 logger = logging.getLogger(__name__)
 
-#: bot:stats counter of jobs handed back by this audit.
-UNHELD_COUNTER = "unheld_recovered"
-
 
 @dataclass
-class ClaimAudit:
+class UnheldAudit:
     """One worker's audit of its own claims. `run_once()` returns the job ids handed back."""
 
     client: redis.Redis
@@ -63,7 +61,7 @@ class ClaimAudit:
     def run_once(self) -> list[str]:
         try:
             return self._audit()
-        except CONNECTION_ERRORS as exc:
+        except UNREACHABLE as exc:
             logger.debug("claim audit skipped: Redis unreachable (%s)", exc)
             return []
 

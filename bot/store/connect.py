@@ -1,9 +1,11 @@
 """Redis connections for bot's own keys (leases, records, outbox), with the same socket
-timeouts as the broker so a dead Redis is noticed in seconds, never a hang."""
+timeouts as the broker so a dead Redis is noticed in seconds, never a hang; and the one tuple of
+errors that means Redis is unreachable."""
 
 from __future__ import annotations
 
 import redis
+from kombu.exceptions import OperationalError
 
 from config.celery_config import (
     REDIS_CONNECT_TIMEOUT_S,
@@ -11,6 +13,10 @@ from config.celery_config import (
     REDIS_SOCKET_TIMEOUT_S,
 )
 from config.settings import Settings
+
+#: The one tuple of errors meaning "Redis (or the broker on it) is unreachable right now": a
+#: caller waits it out, retries, or gives up on this round; never a bug to crash on.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
 
 def connect(settings: Settings, *, socket_timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> redis.Redis:

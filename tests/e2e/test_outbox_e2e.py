@@ -1,5 +1,5 @@
 """Reports end to end: real `celery -A bot worker` processes end jobs and append reports,
-real `python -m bot.outbox.relay` processes (or the worker's own relay) deliver them to a real HTTP
+real `python -m bot.cli.relay` processes (or the worker's own relay) deliver them to a real HTTP
 receiver on loopback, the real `bot outbox` CLI inspects and replays. Faults: receiver down,
 relay kill -9, receiver always 500, receiver refusing some reports with 400, redis-server
 restarted (AOF) mid-run."""
@@ -242,7 +242,7 @@ def test_always_500_dead_letters_then_replay_delivers(
 
 
 def test_relay_entry_point_needs_a_report_url(env: dict[str, str]) -> None:
-    done = run_to_end([sys.executable, "-m", "bot.outbox.relay"], env, REPO_ROOT, 60)
+    done = run_to_end([sys.executable, "-m", "bot.cli.relay"], env, REPO_ROOT, 60)
 
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

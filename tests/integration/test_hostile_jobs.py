@@ -24,8 +24,7 @@ from bot.errors import InvalidJobId
 from bot.jobs.envelope import Malformed, payload_digest, raw_digest
 from bot.jobs.intake import guarded, problem_of, reject_message, rejected_delivery
 from bot.jobs.outcome import Attempt
-from bot.jobs.store import Acquired, Delivery, JobStore, Skipped
-from bot.recovery.reaper import REAPER_COUNTER, reap_job
+from bot.jobs.store import REAPER_COUNTER, Acquired, Delivery, JobStore, Skipped, reap_job
 from bot.runtime.process import RUNTIME
 from bot.store.keys import Keys
 

@@ -18,11 +18,13 @@ import pytest
 import redis
 
 import bot.fleet.membership as fleet_agent
+from bot.base.exits import EXIT_STARTUP_FAILED
 from bot.fleet.identity import resolve_identity
 from bot.fleet.lifecycle import State
-from bot.fleet.membership import EXIT_STARTUP_FAILED, FleetAgent, StartupFailed
+from bot.fleet.membership import FleetAgent, StartupFailed
 from bot.fleet.records import Registry
-from bot.fleet.step import PeriodicService, UnsupportedPool, refuse_unsupported_pool
+from bot.fleet.services import PeriodicService
+from bot.fleet.step import UnsupportedPool, refuse_unsupported_pool
 from bot.runtime.worker_state import OutcomeCounters
 from bot.store.keys import Keys
 from config.settings import Settings
