@@ -10,20 +10,19 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
 from pydantic import BaseModel
 
+import bot
+from bot.application import BotApp
 from bot.base.clock import now_ms
 from bot.errors import InvalidJobId
 from bot.jobs.envelope import job_id_problem, payload_digest
 from bot.jobs.reports import FINAL_STATES, ms_to_datetime
 from bot.ops import REGISTRY, check_size
-
-if TYPE_CHECKING:
-    from bot.application import BotApp
 
 #: Seconds between two reads of a job while waiting for it.
 POLL_INTERVAL_S = 0.2
@@ -56,9 +55,8 @@ class SubmitResult(BaseModel):
 
 
 def _default_app() -> BotApp:
-    from bot import app
-
-    return app
+    """`bot.app`, the app built from BOT_* settings when `bot` was imported."""
+    return bot.app
 
 
 class Client:

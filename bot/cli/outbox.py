@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from bot import app
 from bot.base.exits import EXIT_FAILED, EXIT_USAGE
 from bot.jobs.envelope import printable
 from bot.outbox.stream import Outbox
@@ -21,8 +22,6 @@ _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 def _outbox() -> Outbox:
-    from bot import app
-
     return Outbox(app.redis(), app.keys)
 
 
