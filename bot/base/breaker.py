@@ -9,9 +9,11 @@ record; the common packages are async-first or global-registry based.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
+from contextlib import AbstractContextManager
 from enum import StrEnum
 from typing import TypeVar
 
@@ -33,22 +35,31 @@ class BreakerOpen(Exception):
         self.retry_in_s = retry_in_s
 
 
+#: Slots of a breaker's cells: consecutive failures, when it opened (< 0: closed), whether a
+#: half-open trial is running (0/1). Floats, so one shared-memory array can hold them all.
+_FAILURES, _OPENED_AT, _TRIAL = 0, 1, 2
+
+
 class CircuitBreaker:
+    """A breaker for one process; `SharedCircuitBreaker` keeps the same cells in memory shared
+    with forked pool children."""
+
     def __init__(
         self,
         name: str,
         threshold: int = 5,
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        cells: MutableSequence[float] | None = None,
+        lock: AbstractContextManager[object] | None = None,
     ) -> None:
         self.name = name
         self.threshold = threshold
         self.timeout_s = timeout_s
         self._clock = clock
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._trial_running = False
+        self._cells: MutableSequence[float] = [0.0, -1.0, 0.0] if cells is None else cells
+        self._lock: AbstractContextManager[object] = lock or threading.Lock()
 
     @property
     def state(self) -> BreakerState:
@@ -57,12 +68,17 @@ class CircuitBreaker:
 
     @property
     def failures(self) -> int:
-        return self._failures
+        return int(self._cells[_FAILURES])
+
+    def _opened_at(self) -> float | None:
+        value = self._cells[_OPENED_AT]
+        return None if value < 0 else value
 
     def _state(self) -> BreakerState:
-        if self._opened_at is None:
+        opened_at = self._opened_at()
+        if opened_at is None:
             return BreakerState.CLOSED
-        if self._clock() - self._opened_at >= self.timeout_s:
+        if self._clock() - opened_at >= self.timeout_s:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
@@ -72,29 +88,30 @@ class CircuitBreaker:
             state = self._state()
             if state is BreakerState.CLOSED:
                 return True
-            if state is BreakerState.HALF_OPEN and not self._trial_running:
-                self._trial_running = True
+            if state is BreakerState.HALF_OPEN and not self._cells[_TRIAL]:
+                self._cells[_TRIAL] = 1.0
                 return True
             return False
 
     def retry_in_s(self) -> float:
         with self._lock:
-            if self._opened_at is None:
+            opened_at = self._opened_at()
+            if opened_at is None:
                 return 0.0
-            return max(0.0, self.timeout_s - (self._clock() - self._opened_at))
+            return max(0.0, self.timeout_s - (self._clock() - opened_at))
 
     def record_success(self) -> None:
         with self._lock:
-            self._failures = 0
-            self._opened_at = None
-            self._trial_running = False
+            self._cells[_FAILURES] = 0.0
+            self._cells[_OPENED_AT] = -1.0
+            self._cells[_TRIAL] = 0.0
 
     def record_failure(self) -> None:
         with self._lock:
-            self._failures += 1
-            self._trial_running = False
-            if self._opened_at is not None or self._failures >= self.threshold:
-                self._opened_at = self._clock()
+            self._cells[_FAILURES] += 1
+            self._cells[_TRIAL] = 0.0
+            if self._opened_at() is not None or self._cells[_FAILURES] >= self.threshold:
+                self._cells[_OPENED_AT] = self._clock()
 
     def call(
         self, fn: Callable[[], T], failure_types: tuple[type[BaseException], ...] = (Exception,)
@@ -111,7 +128,7 @@ class CircuitBreaker:
         return result
 
     def snapshot(self) -> dict[str, object]:
-        return {"state": str(self.state), "failures": self._failures}
+        return {"state": str(self.state), "failures": self.failures}
 
 
 class SharedCircuitBreaker(CircuitBreaker):
@@ -120,9 +137,6 @@ class SharedCircuitBreaker(CircuitBreaker):
     the main process reads its state for the worker record. The clock must be one all the
     processes share: `time.monotonic` (CLOCK_MONOTONIC) is, on Linux."""
 
-    # Slots of the shared array.
-    _FAILURES, _OPENED_AT, _TRIAL = 0, 1, 2
-
     def __init__(
         self,
         name: str,
@@ -130,37 +144,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        import multiprocessing
-
         ctx = multiprocessing.get_context("fork")
-        self._shared = ctx.RawArray("d", 3)
-        super().__init__(name, threshold, timeout_s, clock)
-        self._lock = ctx.Lock()  # type: ignore[assignment]
-
-    # The base class reads and writes these three attributes under its lock; here they are
-    # views on the shared array (NaN-free encoding: opened_at < 0 means "closed").
-
-    @property
-    def _failures(self) -> int:
-        return int(self._shared[self._FAILURES])
-
-    @_failures.setter
-    def _failures(self, value: int) -> None:
-        self._shared[self._FAILURES] = value
-
-    @property
-    def _opened_at(self) -> float | None:
-        value = self._shared[self._OPENED_AT]
-        return None if value < 0 else value
-
-    @_opened_at.setter
-    def _opened_at(self, value: float | None) -> None:
-        self._shared[self._OPENED_AT] = -1.0 if value is None else value
-
-    @property
-    def _trial_running(self) -> bool:
-        return bool(self._shared[self._TRIAL])
-
-    @_trial_running.setter
-    def _trial_running(self, value: bool) -> None:
-        self._shared[self._TRIAL] = 1.0 if value else 0.0
+        cells = ctx.RawArray("d", 3)
+        cells[_OPENED_AT] = -1.0
+        super().__init__(name, threshold, timeout_s, clock, cells=cells, lock=ctx.Lock())

@@ -51,8 +51,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 #: States in which the worker takes and runs jobs: what `bot health` calls healthy.
 HEALTHY = frozenset({S.READY, S.PROCESSING})
-#: States that ask to be left alone by READY <-> PROCESSING bookkeeping.
-LIVE = frozenset({S.READY, S.PROCESSING})
 
 Listener = Callable[[State, State, str], None]
 
@@ -86,9 +84,6 @@ class Lifecycle:
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
-
-    def can(self, target: State) -> bool:
-        return target in TRANSITIONS[self._state]
 
     def to(self, target: State, reason: str = "") -> None:
         """Move to `target`; `IllegalTransition` if the state machine does not allow it."""

@@ -20,7 +20,6 @@ audit (bot/recovery/unheld_audit.py) hands the job back later instead, and it ru
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -31,6 +30,8 @@ from celery.worker.request import Request
 
 from bot.base.clock import now_ms
 from bot.jobs.outcome import Attempt
+from bot.jobs.ports import AppPort
+from bot.jobs.record import JobRecord
 from bot.jobs.store import CHILD_LOST_COUNTER, Acquired, Delivery, reap_job
 from bot.runtime.process import RUNTIME
 from bot.store.connect import UNREACHABLE
@@ -69,9 +70,10 @@ class OpRequest(Request):
         super().on_timeout(soft, timeout)
 
 
-def hand_back(app: Any, job_id: str, pid: int | None) -> bool:
-    """Mark `job_id` queued (recoveries + 1) if this instance's child `pid` was running it."""
-    if pid is None or not hasattr(app, "keys"):
+def hand_back(app: AppPort, job_id: str, pid: int | None) -> bool:
+    """Mark `job_id` queued (recoveries + 1) if this instance's child `pid` was running it.
+    (`OpRequest` is the request class of `OpTask` only, which bot registers on its own app.)"""
+    if pid is None:
         return False  # never accepted by a child: this attempt cannot have acquired the job
     try:
         requeued = reap_job(
@@ -92,13 +94,14 @@ def hand_back(app: Any, job_id: str, pid: int | None) -> bool:
     return requeued is not None
 
 
-def end_timed_out(app: Any, job_id: str, pid: int | None, timeout: float) -> bool:
+def end_timed_out(app: AppPort, job_id: str, pid: int | None, timeout: float) -> bool:
     """End `job_id` `failed` (TimeLimitExceeded, with its report) if this instance's child
     `pid` was running it. One try: this runs in the main process, which must not wait."""
-    if pid is None or not hasattr(app, "job_store"):
+    if pid is None:
         return False
     try:
-        attempt = _attempt_from_record(app, job_id, app.job_store().read(job_id), pid)
+        record = JobRecord.from_hash(job_id, app.job_store().read(job_id))
+        attempt = _attempt_from_record(app, record, pid)
         if attempt is None:
             return False
         error = TimeLimitExceeded(f"hard time limit ({timeout}s) exceeded; pool child killed")
@@ -111,32 +114,22 @@ def end_timed_out(app: Any, job_id: str, pid: int | None, timeout: float) -> boo
     return ended
 
 
-def _attempt_from_record(app: Any, job_id: str, record: dict[str, str], pid: int) -> Attempt | None:
+def _attempt_from_record(app: AppPort, record: JobRecord, pid: int) -> Attempt | None:
     """The attempt the record describes, if it runs under this instance in process `pid`."""
     owner = RUNTIME.owner()
-    if (record.get("state"), record.get("owner"), record.get("pid")) != (
-        "running",
-        owner,
-        str(pid),
-    ):
+    if (record.state, record.owner, record.pid) != ("running", owner, pid):
         return None
-    enqueued = int(record["enqueued_at"]) if record.get("enqueued_at") else None
-    started = int(record.get("started_at") or now_ms())
+    enqueued = record.enqueued_at_ms
+    started = record.started_at_ms or now_ms()
     delivery = Delivery(
-        job_id,
-        record.get("op", ""),
-        record.get("queue", ""),
-        record.get("delivery_tag", ""),
-        json.loads(record.get("message") or "{}"),
+        record.job_id,
+        record.op or "",
+        record.queue,
+        record.delivery_tag,
+        record.message,
         enqueued,
     )
-    acquired = Acquired(
-        int(record.get("fence") or 0),
-        int(record.get("attempts") or 0),
-        int(record.get("recoveries") or 0),
-        enqueued,
-        started,
-    )
+    acquired = Acquired(record.fence, record.attempts, record.recoveries, enqueued, started)
     # The attempt began when it was acquired: its report's duration counts from there.
     began = time.monotonic() - max(0, now_ms() - started) / 1000
     return Attempt(app, delivery, acquired, owner, started_monotonic=began)

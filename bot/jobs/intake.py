@@ -179,6 +179,8 @@ def reject_unknown_op(sender: Any, message: Any, name: str, id: str, **_: Any) -
     if not isinstance(name, str) or not name.startswith(TASK_PREFIX):
         return
     if not hasattr(app, "job_store"):
+        # task_unknown is process-wide: another Celery app in this process (an embedder's)
+        # may raise it; only a bot app has job records to reject into.
         return
     requested = name.removeprefix(TASK_PREFIX)
     op = requested if op_name_problem(requested) is None else "unknown"

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from bot.base.clock import now_ms
+from bot.jobs.record import JobRecord
 from bot.store import scripts
 from bot.store.keys import Keys
 from bot.store.metrics_hash import duration_sum_field, outcome_fields
@@ -231,10 +232,12 @@ def reap_job(
     process). The fence (read here unless the caller read it along with what it judged) makes
     the script a no-op if the job moved meanwhile."""
     if fence is None or pid is not None:
-        seen_fence, seen_pid = client.hmget(keys.job(job_id), "fence", "pid")
-        if pid is not None and seen_pid != str(pid):
+        names = ("fence", "pid")
+        values: list[str | None] = client.hmget(keys.job(job_id), names)  # type: ignore[assignment]
+        seen = JobRecord.from_hash(job_id, dict(zip(names, values, strict=True)))
+        if pid is not None and seen.pid != pid:
             return None
-        fence = fence if fence is not None else str(seen_fence or "0")
+        fence = fence if fence is not None else str(seen.fence)
     reply = scripts.register(client, "reap")(
         keys=[keys.job(job_id), keys.inflight(owner), keys.stats],
         args=[job_id, owner, fence, now_ms(), counter],

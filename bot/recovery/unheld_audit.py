@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import redis
 
 from bot.base.clock import now_ms
+from bot.jobs.record import JobRecord
 from bot.jobs.store import UNHELD_COUNTER, Requeued, reap_job
 from bot.store.connect import UNREACHABLE
 from bot.store.keys import Keys
@@ -74,13 +75,16 @@ class UnheldAudit:
         if not unheld:
             self.suspects = set()
             return []
+        names = ("fence", "started_at")
         pipe = self.client.pipeline(transaction=False)
         for job_id in unheld:
-            pipe.hmget(self.keys.job(job_id), "fence", "started_at")
+            pipe.hmget(self.keys.job(job_id), names)
         suspects, previous = set(), self.suspects
-        for job_id, (fence, started_at) in zip(unheld, pipe.execute(), strict=True):
-            if started_at is None or int(started_at) < t0:  # else acquired after the snapshot
-                suspects.add((job_id, str(fence or "0")))
+        for job_id, values in zip(unheld, pipe.execute(), strict=True):
+            record = JobRecord.from_hash(job_id, dict(zip(names, values, strict=True)))
+            started = record.started_at_ms
+            if started is None or started < t0:  # else acquired after the snapshot
+                suspects.add((job_id, str(record.fence)))
         self.suspects = suspects - previous
         return [
             job_id

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 #: kombu's Redis transport keeps delivered-but-unacked messages under these (unprefixed) keys.
 KOMBU_UNACKED = "unacked"
 KOMBU_UNACKED_INDEX = "unacked_index"
-KOMBU_UNACKED_MUTEX = "unacked_mutex"
 
 
 @dataclass(frozen=True)
