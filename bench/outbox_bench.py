@@ -34,7 +34,8 @@ import redis
 
 from bot.jobs.reports import Report, ReportWorker
 from bot.jobs.store import JobStore, Outcome
-from bot.outbox.relay import Relay, RelayConfig
+from bot.outbox.relay import Relay
+from bot.outbox.relay_config import RelayConfig
 from bot.outbox.sinks import HttpSink
 from bot.outbox.stream import Outbox
 from bot.store.keys import Keys

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from bot.base.breaker import BreakerState
-from bot.outbox.relay import Relay, RelayConfig
+from bot.outbox.relay import Relay
+from bot.outbox.relay_config import RelayConfig
 from bot.outbox.sinks import HttpSink
 from bot.outbox.stream import Outbox
 from bot.store.connect import connect
