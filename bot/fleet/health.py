@@ -1,4 +1,4 @@
-"""Health verdicts for `bot health` (and container probes), from the registry.
+"""Health verdicts for `bot health` (and container probes), from the worker records.
 
 Local: the worker(s) recorded in `BOT_STATE_DIR/identity.json` (one per node name started with
 that state dir; `node` picks one) must each have a live lease and a READY/PROCESSING record.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bot.fleet.identity import local_identities
 from bot.fleet.lifecycle import HEALTHY
-from bot.fleet.records import Registry, WorkerView
+from bot.fleet.records import WorkerRecords, WorkerView
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def is_healthy(view: WorkerView | None) -> bool:
     return view is not None and view.alive and view.state in HEALTHY
 
 
-def local_health(registry: Registry, state_dir: Path, node: str | None = None) -> Verdict:
+def local_health(registry: WorkerRecords, state_dir: Path, node: str | None = None) -> Verdict:
     """Healthy when every local worker (or the one named `node`) is READY/PROCESSING."""
     identities = local_identities(state_dir)
     if node is not None:
@@ -48,7 +48,7 @@ def local_health(registry: Registry, state_dir: Path, node: str | None = None) -
     return Verdict(healthy, lines)
 
 
-def fleet_health(registry: Registry) -> Verdict:
+def fleet_health(registry: WorkerRecords) -> Verdict:
     """Healthy when at least one worker of the fleet is READY/PROCESSING."""
     views = registry.fleet()
     good = [view for view in views if is_healthy(view)]

@@ -7,7 +7,7 @@ the broker connection is down, nor while the pool drains during a warm shutdown,
 exactly the times the lease must keep being renewed and DEGRADED must be entered and left.
 The thread only touches bot's own Redis client and reads Celery's worker state by copying.
 
-One heartbeat is one script call (`Registry.heartbeat`): lease, record, `bot:workers` and the
+One heartbeat is one script call (`WorkerRecords.heartbeat`): lease, record, `bot:workers` and the
 `unacked_index` scores of every held delivery tag.
 """
 
@@ -32,7 +32,7 @@ from bot.base.loop import Loop
 from bot.base.version import __version__
 from bot.fleet.identity import Identity
 from bot.fleet.lifecycle import Lifecycle, State
-from bot.fleet.records import Registry, op_schemas
+from bot.fleet.records import WorkerRecords, op_schemas
 from bot.ops import REGISTRY
 from bot.outbox.sinks import is_sink_breaker
 from bot.runtime import worker_state as worker_info
@@ -79,7 +79,7 @@ class FleetAgent:
         self.breakers["acquire"] = SharedCircuitBreaker("acquire", threshold, timeout_s)
         self.pid = os.getpid()
         self.registered = False
-        self._registry: Registry | None = None
+        self._registry: WorkerRecords | None = None
         #: Set by a lifecycle change: the next heartbeat goes out now (the record shows it).
         self._beat_now = threading.Event()
         self._loop = Loop("heartbeat", self._heartbeat_round)
@@ -93,14 +93,14 @@ class FleetAgent:
         return int(self.settings.lease_ttl_s * 1000)
 
     @property
-    def registry(self) -> Registry:
+    def registry(self) -> WorkerRecords:
         if self._registry is None:
             # A client of our own with a socket timeout near the heartbeat interval: a hung
             # Redis must turn into DEGRADED quickly, not block the beat for the default 10 s.
             timeout_s = max(0.5, min(10.0, 2 * self.settings.heartbeat_interval))
             client = connect(self.settings, socket_timeout_s=timeout_s)
             options = self.app.conf.broker_transport_options or {}
-            self._registry = Registry(client, self.app.keys, options)
+            self._registry = WorkerRecords(client, self.app.keys, options)
         return self._registry
 
     # -- start-up ----------------------------------------------------------------------------

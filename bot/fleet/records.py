@@ -1,4 +1,4 @@
-"""The fleet registry in Redis: worker records, leases, `bot:workers`, `bot:ops`.
+"""Worker records in Redis: the record, lease, in-flight set, `bot:workers`, `bot:ops`.
 
 Writes are single Lua scripts (`bot/store/lua/register.lua`, `heartbeat.lua`, `deregister.lua`), so
 each is atomic and costs one round trip. Reads (`fleet()`) are one pipeline. The worker side
@@ -48,8 +48,8 @@ class Beat:
     tags_renewed: int = 0
 
 
-class Registry:
-    """Registry reads and writes for one key prefix on one Redis client."""
+class WorkerRecords:
+    """WorkerRecords reads and writes for one key prefix on one Redis client."""
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""Claim audit: a live worker hands back the jobs it is recorded as running but no longer holds.
+"""The unheld-job audit: a live worker hands back the jobs it is recorded as running but no
+longer holds.
 
 While a job's record names a live instance as owner, every other delivery of that job is acked
 without running (`busy` in bot/store/lua/acquire.lua). That is right only while the owner really
@@ -63,7 +64,7 @@ class UnheldAudit:
         try:
             return self._audit()
         except UNREACHABLE as exc:
-            logger.debug("claim audit skipped: Redis unreachable (%s)", exc)
+            logger.debug("unheld-job audit skipped: Redis unreachable (%s)", exc)
             return []
 
     def _audit(self) -> list[str]:

@@ -22,7 +22,7 @@ from bot.base.exits import EXIT_STARTUP_FAILED
 from bot.fleet.identity import resolve_identity
 from bot.fleet.lifecycle import State
 from bot.fleet.membership import FleetAgent, StartupFailed
-from bot.fleet.records import Registry
+from bot.fleet.records import WorkerRecords
 from bot.fleet.services import PeriodicService
 from bot.fleet.step import UnsupportedPool, refuse_unsupported_pool
 from bot.runtime.worker_state import OutcomeCounters
@@ -32,8 +32,8 @@ from config.settings import Settings
 KEYS = Keys("bot")
 
 
-class FlakyRegistry(Registry):
-    """A Registry whose heartbeats fail while `down` is set."""
+class FlakyRegistry(WorkerRecords):
+    """A WorkerRecords whose heartbeats fail while `down` is set."""
 
     down = False
 
