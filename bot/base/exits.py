@@ -12,5 +12,5 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: A worker gave up registering with Redis after BOT_MAX_STARTUP_ATTEMPTS.
 EXIT_STARTUP_FAILED = 3
-#: `bot submit --wait` / `bot wait`: the job did not end within --timeout.
+#: `bot submit --wait`: the job did not end within --timeout.
 EXIT_TIMEOUT = 4
