@@ -31,6 +31,7 @@ import click
 import redis
 
 from bot import app
+from bot.store.connect import UNREACHABLE
 from config.logging_setup import configure_logging
 from config.settings import Settings
 
@@ -74,7 +75,7 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
                 url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
             ).ping()
         )
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
+    except (*UNREACHABLE, OSError):
         return False
     except redis.ResponseError:  # it answers, but e.g. wants AUTH: not ours to replace
         return True

@@ -36,7 +36,7 @@ from bot.fleet.records import WorkerRecords, op_schemas
 from bot.ops import REGISTRY
 from bot.outbox.sinks import is_sink_breaker
 from bot.runtime import worker_state as worker_info
-from bot.store.connect import connect
+from bot.store.connect import UNREACHABLE, connect
 from config.settings import Settings, redact_url
 
 logger = logging.getLogger("bot.fleet")
@@ -48,7 +48,7 @@ DEREGISTER_ATTEMPTS = 3
 DEREGISTER_PAUSE_S = 0.2
 #: Wider than `UNREACHABLE` on purpose: registration, beats and deregistration treat any
 #: Redis error (a refused command included) and a socket error as "Redis is not usable now".
-_REDIS_ERRORS = (redis.RedisError, OSError)
+_REDIS_ERRORS = (*UNREACHABLE, redis.RedisError, OSError)
 
 
 class StartupFailed(SystemExit):
