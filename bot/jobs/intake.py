@@ -70,7 +70,10 @@ def problem_of(message: Any, body: Any, limit: int) -> Malformed | None:
     try:
         _check(message, body, limit)
     except Malformed as exc:
-        return exc
+        # Without its traceback: its frames reach the raw body (kombu's read included) and,
+        # through the caller's frame, this exception again, a cycle that would hold a
+        # rejected body (up to any size) until the next full garbage collection.
+        return exc.with_traceback(None)
     except Exception as exc:  # a check tripped on something stranger still
         return Malformed(f"message could not be checked: {type(exc).__name__}")
     return None
