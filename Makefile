@@ -1,12 +1,14 @@
 # The two commands of the README: `make fleet` runs a local fleet, `make test` runs every check.
-# Both create the virtualenv (.venv) and install bot into it on first use.
+# Both create the virtualenv (.venv) and install bot into it on first use. While developing:
+# `make unit` (unit and contract tests: no Redis, seconds), `make lint` (ruff, mypy, the layer
+# contract of pyproject.toml through lint-imports).
 
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: fleet test lint bench mutate
+.PHONY: fleet test lint unit bench mutate
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,10 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check bot config tasks tests bench
 	$(BIN)/ruff format --check bot config tasks tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: $(INSTALLED)
+	$(BIN)/pytest tests/unit tests/contract
 
 test: lint
 	$(BIN)/pytest

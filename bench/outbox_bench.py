@@ -32,12 +32,13 @@ from typing import Any
 
 import redis
 
-from bot.jobs import JobStore, Outcome
-from bot.keys import Keys
-from bot.outbox import Outbox
-from bot.relay import Relay, RelayConfig
-from bot.reports import Report, ReportWorker
-from bot.sinks import HttpSink
+from bot.jobs.reports import Report, ReportWorker
+from bot.jobs.store import JobStore, Outcome
+from bot.outbox.relay import Relay
+from bot.outbox.relay_config import RelayConfig
+from bot.outbox.sinks import HttpSink
+from bot.outbox.stream import Outbox
+from bot.store.keys import Keys
 
 KEYS = Keys("bench")
 PREDECESSOR_APPEND_MS_PER_1000 = 500.0

@@ -7,22 +7,17 @@ settings once; a bad value stops the process with one line and exit code 2.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
+from bot.application import BotApp, create_app
+from bot.base.version import __version__
+from bot.jobs.progress import progress
 from bot.ops import op
-from bot.progress import progress
 from config.settings import ConfigError, load_settings
 
-if TYPE_CHECKING:
-    from bot.application import BotApp
-
-__all__ = ["app", "op", "progress"]
-__version__ = "0.1.0"
+__all__ = ["__version__", "app", "op", "progress"]
 
 
 def _build_app() -> BotApp:
-    from bot.application import create_app
-
     try:
         return create_app(load_settings())
     except ConfigError as exc:

@@ -7,20 +7,23 @@ build their own with `create_app(settings)`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from celery import Celery, signals
 
-from bot import transport
+from bot.base.clock import now_ms
+from bot.broker import transport
 from bot.discovery import discover_ops
-from bot.envelope import ENQUEUED_AT_HEADER
-from bot.execution import OpTask, run_op
-from bot.intake import reject_unknown_op
-from bot.jobs import JobStore, now_ms
-from bot.keys import Keys
+from bot.fleet.step import install_fleet
+from bot.jobs.envelope import ENQUEUED_AT_HEADER
+from bot.jobs.intake import reject_unknown_op
+from bot.jobs.run import OpTask, run_op
+from bot.jobs.store import JobStore
 from bot.ops import REGISTRY, OpSpec
-from bot.redis_client import connect
+from bot.store.connect import connect
+from bot.store.keys import Keys
 from config.celery_config import celery_config
 from config.logging_setup import configure_logging
 from config.settings import Settings
@@ -37,6 +40,9 @@ class BotApp(Celery):
         self._redis: redis.Redis | None = None
         self._store: JobStore | None = None
         self._pid = 0
+        #: The fleet step's service factories (`install_fleet(app, services=...)`); None: the
+        #: DEFAULT_SERVICES of bot/fleet/services.py when the worker starts.
+        self.fleet_services: Sequence[Callable[[Any], Any]] | None = None
 
     def redis(self) -> redis.Redis:
         """This process's client for bot's own keys (a forked pool child makes its own)."""
@@ -74,8 +80,6 @@ def create_app(settings: Settings, *, fleet: bool = True, **kwargs: Any) -> BotA
         register_op(app, spec)
     _connect_signals(settings)
     if fleet:
-        from bot.fleet import install_fleet
-
         install_fleet(app)
     return app
 

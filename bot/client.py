@@ -6,25 +6,24 @@ caller's job id as an idempotency key: a job id that is already known is not enq
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
 from kombu.utils import json as kombu_json
 from pydantic import BaseModel
 
-from bot.envelope import job_id_problem, payload_digest
+import bot
+from bot.application import BotApp
+from bot.base.clock import now_ms
 from bot.errors import InvalidJobId
-from bot.jobs import now_ms
+from bot.jobs.envelope import job_id_problem, payload_digest
+from bot.jobs.record import JobRecord
+from bot.jobs.reports import FINAL_STATES, ms_to_datetime
 from bot.ops import REGISTRY, check_size
-from bot.reports import FINAL_STATES, ms_to_datetime
-
-if TYPE_CHECKING:
-    from bot.application import BotApp
 
 #: Seconds between two reads of a job while waiting for it.
 POLL_INTERVAL_S = 0.2
@@ -57,9 +56,8 @@ class SubmitResult(BaseModel):
 
 
 def _default_app() -> BotApp:
-    from bot import app
-
-    return app
+    """`bot.app`, the app built from BOT_* settings when `bot` was imported."""
+    return bot.app
 
 
 class Client:
@@ -185,22 +183,21 @@ def check_job_id(job_id: str) -> None:
         )
 
 
-def status_from_record(job_id: str, record: Mapping[str, str]) -> JobStatus:
-    outcome = json.loads(record["outcome"]) if record.get("outcome") else {}
-    final = record.get("state") in FINAL_STATES
+def status_from_record(job_id: str, fields: Mapping[str, str]) -> JobStatus:
+    record = JobRecord.from_hash(job_id, fields)
     return JobStatus(
         job_id=job_id,
-        state=record.get("state", "unknown"),
-        op=record.get("op"),
-        owner=record.get("owner") or None,
-        attempts=int(record.get("attempts", 0)),
-        recoveries=int(record.get("recoveries", 0)),
-        progress=json.loads(record["progress"]) if record.get("progress") else None,
-        result=outcome.get("result") if final else None,
-        error=outcome.get("error"),
-        enqueued_at=ms_to_datetime(record.get("enqueued_at")),
-        started_at=ms_to_datetime(record.get("started_at")),
-        finished_at=ms_to_datetime(record.get("finished_at")),
+        state=record.state or "unknown",
+        op=record.op,
+        owner=record.owner or None,
+        attempts=record.attempts,
+        recoveries=record.recoveries,
+        progress=record.progress,
+        result=record.outcome.get("result") if record.final else None,
+        error=record.outcome.get("error"),
+        enqueued_at=ms_to_datetime(record.enqueued_at_ms),
+        started_at=ms_to_datetime(record.started_at_ms),
+        finished_at=ms_to_datetime(record.finished_at_ms),
     )
 
 

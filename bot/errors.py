@@ -33,7 +33,7 @@ class UnknownOp(PayloadRejected):
 
 
 class InvalidJobId(PayloadRejected):
-    """A caller's job id is not of the accepted form (bot.envelope.JOB_ID_PATTERN)."""
+    """A caller's job id is not of the accepted form (bot.jobs.envelope.JOB_ID_PATTERN)."""
 
 
 class TransientError(BotError):

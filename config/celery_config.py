@@ -64,10 +64,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.default_queue,
         "worker_hijack_root_logger": False,
         # A message that cannot be taken in is dropped with a log line, never stops the
-        # worker (bot/consumer.py); ops.* messages are rejected with a report first.
-        "worker_consumer": "bot.consumer:GuardedConsumer",
-        # With --autoscale: scale on the queue backlog in Redis too (bot/autoscale.py).
-        "worker_autoscaler": "bot.autoscale:QueueDepthAutoscaler",
+        # worker (bot/broker/consumer.py); ops.* messages are rejected with a report first.
+        "worker_consumer": "bot.broker.consumer:GuardedConsumer",
+        # With --autoscale: scale on the queue backlog in Redis too (bot/broker/autoscale.py).
+        "worker_autoscaler": "bot.broker.autoscale:QueueDepthAutoscaler",
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,
     }

@@ -12,8 +12,8 @@ import time
 from pydantic import BaseModel, Field
 
 from bot.errors import TransientError
+from bot.jobs.progress import progress
 from bot.ops import op
-from bot.progress import progress
 
 #: Upper bound of one `sleep` job, seconds: long enough for any demo or fault test.
 MAX_SLEEP_S = 3600.0

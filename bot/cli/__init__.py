@@ -7,12 +7,6 @@ import importlib
 
 import click
 
-#: Exit codes (a supervisor or script can tell them apart).
-EXIT_OK = 0
-EXIT_FAILED = 1  # the job ended failed/rejected/dead, or what was checked is unhealthy
-EXIT_USAGE = 2  # bad input or configuration: nothing was done
-EXIT_TIMEOUT = 3
-
 _COMMAND_MODULES = ("jobs", "fleet", "outbox", "up")
 
 

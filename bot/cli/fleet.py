@@ -9,20 +9,20 @@ import time
 import click
 import redis
 
-from bot.cli import EXIT_FAILED, EXIT_OK
-from bot.health import fleet_health, local_health
-from bot.keys import Keys
-from bot.redis_client import connect
-from bot.registry import Registry, WorkerView
+from bot.base.exits import EXIT_FAILED, EXIT_OK
+from bot.fleet.health import fleet_health, local_health
+from bot.fleet.records import WorkerRecords, WorkerView
+from bot.store.connect import connect
+from bot.store.keys import Keys
 from config.celery_config import broker_transport_options
 from config.settings import load_settings, redact_url
 
 COLUMNS = ("bot", "instance", "host", "state", "pool", "in flight", "done", "failed", "heartbeat")
 
 
-def _registry() -> Registry:
+def _registry() -> WorkerRecords:
     settings = load_settings()
-    return Registry(
+    return WorkerRecords(
         connect(settings), Keys(settings.key_prefix), broker_transport_options(settings)
     )
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 
-from bot.cli import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
+from bot.base.exits import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
 from bot.client import Client, JobStatus
-from bot.envelope import printable
 from bot.errors import InvalidJobId, PayloadRejected
+from bot.jobs.envelope import printable
+from bot.jobs.progress import summary
 from bot.ops import REGISTRY
-from bot.progress import summary
 
 
 def parse_fields(fields: tuple[str, ...]) -> dict[str, Any]:

@@ -12,17 +12,16 @@ from typing import Any
 
 import click
 
-from bot.cli import EXIT_FAILED, EXIT_USAGE
-from bot.envelope import printable
-from bot.outbox import Outbox
+from bot import app
+from bot.base.exits import EXIT_FAILED, EXIT_USAGE
+from bot.jobs.envelope import printable
+from bot.outbox.stream import Outbox
 
 #: A stream entry id, as `bot outbox dead` lists them.
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 def _outbox() -> Outbox:
-    from bot import app
-
     return Outbox(app.redis(), app.keys)
 
 

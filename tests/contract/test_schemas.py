@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jsonschema
 
+from bot.jobs.reports import Report, ReportError, ReportWorker
 from bot.ops import REGISTRY
-from bot.reports import Report, ReportError, ReportWorker
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 

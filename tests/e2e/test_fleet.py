@@ -2,7 +2,7 @@
 processes, the real `bot` CLI.
 
 Short settings: heartbeat 0.5 s, lease TTL 1.5 s. Each test also pins the Celery 5.7
-behaviour the step relies on (see bot/fleet.py), by the order of lines in the worker's log.
+behaviour the step relies on (see bot/fleet/step.py), by the order of lines in the worker's log.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import redis
 
 from bot.application import BotApp, create_app
 from bot.client import Client
-from bot.keys import KOMBU_UNACKED_INDEX, Keys
+from bot.store.keys import KOMBU_UNACKED_INDEX, Keys
 from tests.support.processes import WorkerProcess, bot_env, run_bot, wait_for
 from tests.support.redis_server import RedisServer, free_port
 

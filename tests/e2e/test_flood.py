@@ -37,7 +37,7 @@ from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
-#: Job ids the README promises to accept (bot.envelope.JOB_ID_PATTERN, spelled out again here
+#: Job ids the README promises to accept (bot.jobs.envelope.JOB_ID_PATTERN, spelled out again here
 #: so that a change to the pattern is a change to this test too).
 JOB_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,200}$")
 

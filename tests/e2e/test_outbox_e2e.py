@@ -1,5 +1,5 @@
 """Reports end to end: real `celery -A bot worker` processes end jobs and append reports,
-real `python -m bot.relay` processes (or the worker's own relay) deliver them to a real HTTP
+real `python -m bot.cli.relay` processes (or the worker's own relay) deliver them to a real HTTP
 receiver on loopback, the real `bot outbox` CLI inspects and replays. Faults: receiver down,
 relay kill -9, receiver always 500, receiver refusing some reports with 400, redis-server
 restarted (AOF) mid-run."""
@@ -21,7 +21,7 @@ import redis
 
 from bot.application import create_app
 from bot.client import Client
-from bot.reports import Report
+from bot.jobs.reports import Report
 from config.settings import Settings
 from tests.support.processes import (
     REPO_ROOT,
@@ -242,7 +242,7 @@ def test_always_500_dead_letters_then_replay_delivers(
 
 
 def test_relay_entry_point_needs_a_report_url(env: dict[str, str]) -> None:
-    done = run_to_end([sys.executable, "-m", "bot.relay"], env, REPO_ROOT, 60)
+    done = run_to_end([sys.executable, "-m", "bot.cli.relay"], env, REPO_ROOT, 60)
 
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

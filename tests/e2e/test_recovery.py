@@ -23,8 +23,8 @@ import redis
 
 from bot.application import BotApp
 from bot.client import Client
-from bot.jobs import Acquired, Delivery, JobStore
-from bot.keys import Keys
+from bot.jobs.store import Acquired, Delivery, JobStore
+from bot.store.keys import Keys
 from tests.support import stock_app
 from tests.support.processes import WorkerProcess, wait_for
 
@@ -152,7 +152,7 @@ def test_a_job_a_live_worker_claims_but_does_not_hold_runs_again(workers, client
     lost = Delivery("job-u", "touch", "celery", "tag-gone", message, enqueued_at_ms=1)
     assert isinstance(JobStore(client, KEYS).acquire(lost, instance, os.getpid()), Acquired)
 
-    # Then the worker's claim audit hands it back, publishes it again, and it runs once
+    # Then the worker's unheld-job audit hands it back, publishes it again, and it runs once
     rec = final(client, "job-u", 15)
     assert rec["state"] == "succeeded" and rec["recoveries"] == "1"
     assert client.hget(KEYS.stats, "unheld_recovered") == "1"
@@ -175,7 +175,7 @@ def test_a_job_over_its_hard_time_limit_fails_once_with_a_report(workers, bot_ap
     assert (report["job_id"], report["status"]) == ("job-t", "failed")
     assert report["error"]["type"] == "TimeLimitExceeded"
     assert 900 <= report["duration_ms"] < 6000
-    # and it does not run again: not recovered by the claim audit, not redelivered
+    # and it does not run again: not recovered by the unheld-job audit, not redelivered
     time.sleep(3 * REAPER_S + LEASE_TTL_S)
     assert touches(client, "job-t") == 1
     assert record(client, "job-t")["state"] == "failed"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bot.application import BotApp, create_app
-from bot.autoscale import QueueBacklog, QueueDepthAutoscaler
+from bot.broker.autoscale import QueueBacklog, QueueDepthAutoscaler
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration

@@ -1,16 +1,16 @@
-"""The claim audit (bot/claims.py) against a real redis-server: a live instance recorded as
-running a job it no longer holds hands it back; one it holds, or took after the snapshot,
-stays; a lost acquire reply followed by a `busy` skip ends with the job queued again."""
+"""The unheld-job audit (bot/recovery/unheld_audit.py) against a real redis-server: a live
+instance recorded as running a job it no longer holds hands it back; one it holds, or took after
+the snapshot, stays; a lost acquire reply followed by a `busy` skip ends with the job queued
+again."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 
-from bot.claims import UNHELD_COUNTER, ClaimAudit
-from bot.jobs import Acquired, Delivery, JobStore, Skipped, now_ms
-from bot.keys import Keys
-from bot.reaper import Requeued
+from bot.jobs.store import UNHELD_COUNTER, Acquired, Delivery, JobStore, Requeued, Skipped, now_ms
+from bot.recovery.unheld_audit import UnheldAudit
+from bot.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 
@@ -28,11 +28,11 @@ def acquired(store: JobStore, job_id: str, owner: str = OWNER, pid: int = 1) -> 
 
 
 class Audit:
-    """A ClaimAudit over `client` with a given set of held ids, recording what it put back."""
+    """A UnheldAudit over `client` with a given set of held ids, recording what it put back."""
 
     def __init__(self, client: redis.Redis, held: set[str], clock_ms: int | None = None) -> None:
         self.put_back: list[Requeued] = []
-        self.audit = ClaimAudit(
+        self.audit = UnheldAudit(
             client,
             KEYS,
             owner=lambda: OWNER,
@@ -146,7 +146,7 @@ def test_a_job_unheld_for_a_moment_only_is_not_handed_back(
 def test_an_audit_while_redis_is_unreachable_does_nothing(store: JobStore) -> None:
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     put_back: list[Requeued] = []
-    audit = ClaimAudit(unreachable, KEYS, lambda: OWNER, set, put_back.append)
+    audit = UnheldAudit(unreachable, KEYS, lambda: OWNER, set, put_back.append)
 
     assert audit.run_once() == []
     assert put_back == []

@@ -5,7 +5,7 @@ runs); acquire itself enforces BOT_MAX_RECOVERIES (no path runs a job more than
 BOT_MAX_RECOVERIES + 1 times); positional arguments bind in declared order; forged headers
 and kwargs named `task` end with a record and a report; a result that cannot be reported still
 ends the job with one (minimal) report; the main-process rejection of a malformed message
-(bot/intake.py) records, reports, marks the result FAILURE, acks once, and leaves another
+(bot/jobs/intake.py) records, reports, marks the result FAILURE, acks once, and leaves another
 job's record alone.
 """
 
@@ -19,15 +19,14 @@ import pytest
 import redis
 
 from bot.application import BotApp
-from bot.attempt import Attempt
 from bot.client import Client
-from bot.envelope import Malformed, payload_digest, raw_digest
 from bot.errors import InvalidJobId
-from bot.intake import guarded, problem_of, reject_message, rejected_delivery
-from bot.jobs import Acquired, Delivery, JobStore, Skipped
-from bot.keys import Keys
-from bot.reaper import REAPER_COUNTER, reap_job
-from bot.runtime import RUNTIME
+from bot.jobs.envelope import Malformed, payload_digest, raw_digest
+from bot.jobs.intake import guarded, problem_of, reject_message, rejected_delivery
+from bot.jobs.outcome import Attempt
+from bot.jobs.store import REAPER_COUNTER, Acquired, Delivery, JobStore, Skipped, reap_job
+from bot.runtime.process import RUNTIME
+from bot.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 
@@ -345,7 +344,7 @@ class InnerStrategy:
 
 
 def guarded_handler(bot_app: BotApp, monkeypatch: pytest.MonkeyPatch, inner: InnerStrategy) -> Any:
-    monkeypatch.setattr("bot.intake.default_strategy", lambda *_, **__: inner)
+    monkeypatch.setattr("bot.jobs.intake.default_strategy", lambda *_, **__: inner)
     consumer = Consumer(connection_errors=(redis.ConnectionError,))
     return lambda message, ack: guarded(bot_app.tasks["ops.sum"], bot_app, consumer)(
         message, None, ack, None, None

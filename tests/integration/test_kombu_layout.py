@@ -21,7 +21,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Producer, Queue
 
-from bot.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX
+from bot.store.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +172,7 @@ def test_keys_are_unprefixed_unless_global_keyprefix(redis_url: str, client: red
         assert client.exists(f"pfx:{KOMBU_UNACKED}", f"pfx:{KOMBU_UNACKED_INDEX}") == 2
         assert not client.exists(KOMBU_UNACKED)
         assert channel.unacked_key == KOMBU_UNACKED  # the name before prefixing
-    # and without it the names are exactly bot.keys' constants
+    # and without it the names are exactly bot.store.keys' constants
     for channel in open_channel(redis_url):
         assert (channel.unacked_key, channel.unacked_index_key) == (
             KOMBU_UNACKED,

@@ -25,11 +25,11 @@ import redis
 
 from bot.application import BotApp, create_app
 from bot.client import status_from_record
-from bot.jobs import Acquired, Delivery, JobStore, Outcome, Skipped, process_alive
-from bot.keys import Keys
-from bot.reaper import REAPER_COUNTER, reap_job
-from bot.runtime import RUNTIME
-from bot.worker_lost import hand_back
+from bot.jobs.child_lost import hand_back
+from bot.jobs.store import Acquired, Delivery, JobStore, Outcome, Skipped, process_alive
+from bot.recovery.reaper import REAPER_COUNTER, reap_job
+from bot.runtime.process import RUNTIME
+from bot.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

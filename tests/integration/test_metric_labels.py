@@ -8,9 +8,9 @@ import json
 import pytest
 import redis
 
-from bot.jobs import Acquired, Delivery, JobStore, Outcome
-from bot.keys import Keys
-from bot.metrics import job_metrics
+from bot.jobs.store import Acquired, Delivery, JobStore, Outcome
+from bot.observe.metrics import job_metrics
+from bot.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

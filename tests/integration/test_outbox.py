@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from bot.keys import Keys
-from bot.outbox import Outbox, id_ms
+from bot.outbox.stream import Outbox, id_ms
+from bot.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

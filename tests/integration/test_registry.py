@@ -12,8 +12,8 @@ import pytest
 import redis
 from kombu import Connection
 
-from bot.keys import KOMBU_UNACKED_INDEX, Keys, kombu_key
-from bot.registry import Registry
+from bot.fleet.records import WorkerRecords
+from bot.store.keys import KOMBU_UNACKED_INDEX, Keys, kombu_key
 
 pytestmark = pytest.mark.integration
 
@@ -22,11 +22,11 @@ LEASE_MS = 3000
 
 
 @pytest.fixture
-def registry(client: redis.Redis) -> Registry:
-    return Registry(client, KEYS)
+def registry(client: redis.Redis) -> WorkerRecords:
+    return WorkerRecords(client, KEYS)
 
 
-def register(registry: Registry, instance_id: str = "i-1", **fields: Any) -> None:
+def register(registry: WorkerRecords, instance_id: str = "i-1", **fields: Any) -> None:
     record = {"instance_id": instance_id, "bot_id": "bot-x", "state": "READY", **fields}
     registry.register(instance_id, record, LEASE_MS, "bot-x", {"sum": '{"type": "object"}'})
 
@@ -36,7 +36,9 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def commands_of_one_heartbeat(client: redis.Redis, registry: Registry, tags: list[str]) -> dict:
+def commands_of_one_heartbeat(
+    client: redis.Redis, registry: WorkerRecords, tags: list[str]
+) -> dict:
     registry.heartbeat("i-1", {"state": "READY"}, LEASE_MS, "bot-x", tags)  # load the script
     client.config_resetstat()
     registry.heartbeat(
@@ -48,7 +50,7 @@ def commands_of_one_heartbeat(client: redis.Redis, registry: Registry, tags: lis
 
 
 def test_register_writes_record_lease_registry_entry_and_op_schemas(
-    client: redis.Redis, registry: Registry
+    client: redis.Redis, registry: WorkerRecords
 ) -> None:
     # Given a stale field from an earlier registration of the same instance
     client.hset(KEYS.worker("i-1"), "stale", "x")
@@ -66,7 +68,7 @@ def test_register_writes_record_lease_registry_entry_and_op_schemas(
 
 
 def test_heartbeat_renews_lease_and_refreshes_the_record(
-    client: redis.Redis, registry: Registry
+    client: redis.Redis, registry: WorkerRecords
 ) -> None:
     register(registry)
     client.pexpire(KEYS.lease("i-1"), 100)
@@ -81,7 +83,7 @@ def test_heartbeat_renews_lease_and_refreshes_the_record(
 
 
 def test_heartbeat_reports_an_expired_lease_and_takes_it_again(
-    client: redis.Redis, registry: Registry
+    client: redis.Redis, registry: WorkerRecords
 ) -> None:
     register(registry)
     client.delete(KEYS.lease("i-1"))
@@ -92,7 +94,9 @@ def test_heartbeat_reports_an_expired_lease_and_takes_it_again(
     assert client.exists(KEYS.lease("i-1")) == 1
 
 
-def test_heartbeat_without_a_record_writes_nothing(client: redis.Redis, registry: Registry) -> None:
+def test_heartbeat_without_a_record_writes_nothing(
+    client: redis.Redis, registry: WorkerRecords
+) -> None:
     # Given a worker the reaper already forgot
     beat = registry.heartbeat("i-1", {"state": "READY"}, LEASE_MS, "bot-x", ["t1"])
 
@@ -101,7 +105,7 @@ def test_heartbeat_without_a_record_writes_nothing(client: redis.Redis, registry
 
 
 def test_heartbeat_renews_held_tags_and_does_not_recreate_acked_ones(
-    client: redis.Redis, registry: Registry
+    client: redis.Redis, registry: WorkerRecords
 ) -> None:
     register(registry)
     client.zadd(KOMBU_UNACKED_INDEX, {"held-1": 1.0, "held-2": 2.0, "someone-elses": 3.0})
@@ -118,7 +122,7 @@ def test_heartbeat_renews_held_tags_and_does_not_recreate_acked_ones(
 
 def test_renewal_honours_global_keyprefix_and_renamed_index(client: redis.Redis) -> None:
     options = {"global_keyprefix": "pfx:", "unacked_index_key": "my_index"}
-    registry = Registry(client, KEYS, options)
+    registry = WorkerRecords(client, KEYS, options)
     register(registry)
     client.zadd("pfx:my_index", {"t1": 1.0})
 
@@ -152,7 +156,7 @@ def test_kombu_indexes_a_delivery_under_the_prefixed_key_with_float_seconds(
 
 
 def test_one_heartbeat_is_one_script_call_with_0_or_50_jobs_in_flight(
-    client: redis.Redis, registry: Registry
+    client: redis.Redis, registry: WorkerRecords
 ) -> None:
     # Given a worker holding 50 unacked deliveries
     register(registry)
@@ -176,7 +180,7 @@ def test_one_heartbeat_is_one_script_call_with_0_or_50_jobs_in_flight(
     )
 
 
-def test_deregister_leaves_nothing_behind(client: redis.Redis, registry: Registry) -> None:
+def test_deregister_leaves_nothing_behind(client: redis.Redis, registry: WorkerRecords) -> None:
     register(registry)
 
     left = registry.deregister("i-1")
@@ -187,7 +191,7 @@ def test_deregister_leaves_nothing_behind(client: redis.Redis, registry: Registr
 
 
 def test_deregister_keeps_the_registry_entry_while_jobs_are_owed(
-    client: redis.Redis, registry: Registry
+    client: redis.Redis, registry: WorkerRecords
 ) -> None:
     # Given a cold shutdown that killed a job this instance owns
     register(registry)
@@ -203,7 +207,9 @@ def test_deregister_keeps_the_registry_entry_while_jobs_are_owed(
     assert view.state == "GONE"
 
 
-def test_fleet_shows_live_dead_and_gone_workers(client: redis.Redis, registry: Registry) -> None:
+def test_fleet_shows_live_dead_and_gone_workers(
+    client: redis.Redis, registry: WorkerRecords
+) -> None:
     register(registry, "alive")
     register(registry, "dead")
     register(registry, "gone")

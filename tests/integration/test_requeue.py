@@ -12,10 +12,10 @@ import redis
 from kombu import Queue
 
 from bot.application import BotApp, create_app
-from bot.jobs import Acquired, Delivery
-from bot.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX
-from bot.reaper import Reaper
-from bot.requeue import BrokerRequeue
+from bot.jobs.store import Acquired, Delivery
+from bot.recovery.reaper import Reaper
+from bot.recovery.requeue import BrokerRequeue
+from bot.store.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX
 
 pytestmark = pytest.mark.integration
 

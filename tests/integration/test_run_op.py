@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from bot.application import BotApp
-from bot.keys import Keys
-from bot.runtime import RUNTIME
+from bot.runtime.process import RUNTIME
+from bot.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

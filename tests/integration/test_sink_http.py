@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from bot.sinks import MAX_RESPONSE_BYTES, DeliveryFailed, DeliveryRejected, HttpSink
+from bot.outbox.sinks import MAX_RESPONSE_BYTES, DeliveryFailed, DeliveryRejected, HttpSink
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.integration

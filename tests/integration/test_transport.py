@@ -1,4 +1,4 @@
-"""bot.transport against a real redis-server that stops between BRPOP and the unacked write.
+"""bot.broker.transport against a real redis-server that stops between BRPOP and the unacked write.
 
 The fault is put exactly in the window: kombu's own `QoS.append` (the unacked write) is wrapped
 so that redis-server is stopped just before it runs. With kombu's transport the message is then
@@ -18,7 +18,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
 
-from bot.transport import STRANDED, TRANSPORT, Transport, install
+from bot.broker.transport import STRANDED, TRANSPORT, Transport, install
 from tests.support.redis_server import RedisServer
 
 #: kombu's own Redis transport, named so: once bot's is installed, `redis://` resolves to bot's.
@@ -192,7 +192,7 @@ def test_bot_transport_leaves_the_messages_to_the_sweeps_instead(
     private_redis: RedisServer,
 ) -> None:
     # bot's transport skips the restore: the message stays in Redis's unacked hash, which the
-    # orphan sweep (bot/reaper.py) and kombu's visibility sweep put back
+    # orphan sweep (bot/recovery/reaper.py) and kombu's visibility sweep put back
     restore_on_a_detached_channel(private_redis, TRANSPORT)
     private_redis.start()
     assert private_redis.client().hlen("unacked") == 1

@@ -17,8 +17,8 @@ import time
 from celery import current_app, current_task
 from pydantic import BaseModel, Field
 
+from bot.jobs.progress import progress
 from bot.ops import op
-from bot.progress import progress
 
 #: Seconds a touch counter lives: long enough for any test or benchmark to read it.
 TOUCH_TTL_S = 86_400

@@ -1,4 +1,4 @@
-"""`python -m bot.relay` as a real subprocess for e2e tests: its snapshot is read from the
+"""`python -m bot.cli.relay` as a real subprocess for e2e tests: its snapshot is read from the
 status file it rewrites every 0.1 s; it can be stopped (SIGTERM) or kill -9'd."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class RelayProcess(ManagedProcess):
 
     def __init__(self, name: str, env: Mapping[str, str], log_dir: Path) -> None:
         self.status_path = log_dir / f"relay-{name}.json"
-        args = [sys.executable, "-m", "bot.relay", "--status-file", str(self.status_path)]
+        args = [sys.executable, "-m", "bot.cli.relay", "--status-file", str(self.status_path)]
         super().__init__(name, env, log_dir / f"relay-{name}.log", args)
 
     def start(self) -> RelayProcess:

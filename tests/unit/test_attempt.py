@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import redis
 
-from bot.attempt import Attempt
-from bot.jobs import Acquired, Delivery, Outcome
-from bot.runtime import RUNTIME
-from bot.worker_info import OutcomeCounters
+from bot.jobs.outcome import Attempt
+from bot.jobs.store import Acquired, Delivery, Outcome
+from bot.runtime.process import RUNTIME
+from bot.runtime.worker_state import OutcomeCounters
 from config.settings import Settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.backoff import backoff_ceiling, full_jitter
+from bot.base.backoff import backoff_ceiling, full_jitter
 
 
 def test_ceiling_doubles_and_caps() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.breaker import BreakerOpen, BreakerState, CircuitBreaker
+from bot.base.breaker import BreakerOpen, BreakerState, CircuitBreaker
 
 
 class Clock:
@@ -101,7 +101,7 @@ def test_snapshot_shows_state_and_failures(breaker: CircuitBreaker) -> None:
 def test_a_shared_breaker_is_tripped_and_healed_across_fork() -> None:
     import os
 
-    from bot.breaker import SharedCircuitBreaker
+    from bot.base.breaker import SharedCircuitBreaker
 
     now = [100.0]
     breaker = SharedCircuitBreaker("acquire", threshold=2, timeout_s=10, clock=lambda: now[0])

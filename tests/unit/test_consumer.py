@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from celery.worker.consumer import Consumer
 
-from bot.consumer import GuardedConsumer
+from bot.broker.consumer import GuardedConsumer
 
 
 class Message:
@@ -46,7 +46,7 @@ def test_a_message_that_raises_is_acked_once_and_dropped(
     assert handle(message) is None
 
     assert message.acks == 1
-    (record,) = [r for r in caplog.records if r.name == "bot.consumer"]
+    (record,) = [r for r in caplog.records if r.name == "bot.broker.consumer"]
     assert "message dropped" in record.getMessage()
     assert "\r" not in record.getMessage()  # the id is escaped
 

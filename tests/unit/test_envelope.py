@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from bot.envelope import (
+from bot.errors import PayloadRejected
+from bot.jobs.envelope import (
     ENVELOPE_SLACK_BYTES,
     MAX_HEADERS_BYTES,
     MAX_JSON_DEPTH,
@@ -21,7 +22,6 @@ from bot.envelope import (
     printable,
     stand_in_job_id,
 )
-from bot.errors import PayloadRejected
 
 GOOD_HEADERS = {"id": "job-1", "task": "ops.sum", "retries": 0, "timelimit": [None, None]}
 GOOD_BODY = json.dumps([[], {"a": 1, "b": 2}, {"callbacks": None}]).encode()

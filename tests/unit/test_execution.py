@@ -10,10 +10,10 @@ import pytest
 import redis
 from celery.exceptions import Reject
 
-from bot.breaker import BreakerState, CircuitBreaker
-from bot.execution import ACQUIRE_ATTEMPTS, acquire_or_requeue
-from bot.jobs import Acquired, Delivery
-from bot.runtime import RUNTIME
+from bot.base.breaker import BreakerState, CircuitBreaker
+from bot.jobs.run import ACQUIRE_ATTEMPTS, acquire_or_requeue
+from bot.jobs.store import Acquired, Delivery
+from bot.runtime.process import RUNTIME
 from config.settings import Settings
 
 DELIVERY = Delivery("job-1", "sum", "celery", "tag-1", {"task": "ops.sum", "kwargs": {}})

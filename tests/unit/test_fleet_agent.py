@@ -17,21 +17,23 @@ import fakeredis
 import pytest
 import redis
 
-import bot.fleet_agent as fleet_agent
-from bot.fleet import PeriodicService, UnsupportedPool, refuse_unsupported_pool
-from bot.fleet_agent import EXIT_STARTUP_FAILED, FleetAgent, StartupFailed
-from bot.identity import resolve_identity
-from bot.keys import Keys
-from bot.lifecycle import State
-from bot.registry import Registry
-from bot.worker_info import OutcomeCounters
+import bot.fleet.membership as fleet_agent
+from bot.base.exits import EXIT_STARTUP_FAILED
+from bot.fleet.identity import resolve_identity
+from bot.fleet.lifecycle import State
+from bot.fleet.membership import FleetAgent, StartupFailed
+from bot.fleet.records import WorkerRecords
+from bot.fleet.services import PeriodicService
+from bot.fleet.step import UnsupportedPool, refuse_unsupported_pool
+from bot.runtime.worker_state import OutcomeCounters
+from bot.store.keys import Keys
 from config.settings import Settings
 
 KEYS = Keys("bot")
 
 
-class FlakyRegistry(Registry):
-    """A Registry whose heartbeats fail while `down` is set."""
+class FlakyRegistry(WorkerRecords):
+    """A WorkerRecords whose heartbeats fail while `down` is set."""
 
     down = False
 
@@ -228,7 +230,7 @@ def test_outcome_counters_are_shared_with_forked_children() -> None:
 def test_an_open_sink_breaker_degrades_and_its_closing_recovers(
     client: redis.Redis, agent: FleetAgent
 ) -> None:
-    from bot.breaker import CircuitBreaker
+    from bot.base.breaker import CircuitBreaker
 
     ready(agent)
     sink = CircuitBreaker("sink:http", threshold=1, timeout_s=60)

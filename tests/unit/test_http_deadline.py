@@ -12,7 +12,7 @@ import httpcore
 import httpx
 import pytest
 
-from bot.http_deadline import DeadlineBackend, DeadlineTransport
+from bot.outbox.http_deadline import DeadlineBackend, DeadlineTransport
 from tests.support.receiver import Receiver
 
 

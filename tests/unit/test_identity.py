@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.identity import (
+from bot.fleet.identity import (
     IDENTITY_FILE,
     derive_bot_id,
     local_identities,
@@ -85,7 +85,7 @@ def test_a_corrupt_file_is_replaced_with_a_warning(
 ) -> None:
     (tmp_path / IDENTITY_FILE).write_bytes(content)
 
-    with caplog.at_level(logging.WARNING, logger="bot.identity"):
+    with caplog.at_level(logging.WARNING, logger="bot.fleet.identity"):
         identity = resolve_identity(tmp_path, "w1@host")
 
     assert "replacing it" in caplog.text
@@ -106,7 +106,7 @@ def test_an_unreadable_file_is_replaced_with_a_warning(
         return real_read(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Path, "read_text", denied)
-    with caplog.at_level(logging.WARNING, logger="bot.identity"):
+    with caplog.at_level(logging.WARNING, logger="bot.fleet.identity"):
         resolve_identity(tmp_path, "w1@host")
 
     assert "unreadable" in caplog.text

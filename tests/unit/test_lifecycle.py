@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from bot.lifecycle import TRANSITIONS, IllegalTransition, Lifecycle, State
+from bot.fleet.lifecycle import TRANSITIONS, IllegalTransition, Lifecycle, State
 
 S = State
 #: Written out by hand (not read from TRANSITIONS) so the test checks the table.

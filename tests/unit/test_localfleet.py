@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.localfleet import FLOWER_USER, flower_auth, flower_banner, flower_env, flower_url
+from bot.cli.up import FLOWER_USER, flower_auth, flower_banner, flower_env, flower_url
 
 
 def test_generated_credentials_are_random_and_safe_for_flower() -> None:

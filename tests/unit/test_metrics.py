@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import urllib.request
 
-from bot.metrics import (
+from bot.observe.metrics import breaker_levels, job_metrics, serve
+from bot.store.metrics_hash import (
     UNKNOWN_OP,
-    breaker_levels,
     duration_bucket,
     duration_sum_field,
-    job_metrics,
     metric_op,
     outcome_fields,
-    serve,
 )
 
 

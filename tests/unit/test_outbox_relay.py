@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 
-from bot.breaker import BreakerState
-from bot.keys import Keys
-from bot.outbox import Outbox
-from bot.relay import Relay, RelayConfig
-from bot.sinks import DeliveryFailed, DeliveryRejected
+from bot.base.breaker import BreakerState
+from bot.outbox.relay import Relay
+from bot.outbox.relay_config import RelayConfig
+from bot.outbox.sinks import DeliveryFailed, DeliveryRejected
+from bot.outbox.stream import Outbox
+from bot.store.keys import Keys
 
 KEYS = Keys("bot")
 

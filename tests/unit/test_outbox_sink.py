@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bot.sinks import (
+from bot.outbox.sinks import (
     MAX_RESPONSE_BYTES,
     DeliveryFailed,
     DeliveryRejected,
@@ -139,7 +139,7 @@ def test_a_4xx_with_a_huge_hostile_body_quotes_a_short_escaped_start_of_it() -> 
 def test_a_bearer_token_over_plain_http_is_warned_about_once_without_the_token(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="bot.sinks"):
+    with caplog.at_level(logging.WARNING, logger="bot.outbox.sinks"):
         HttpSink("http://receiver.test/r?sig=abc", TOKEN).close()
         HttpSink("https://receiver.test/r", TOKEN).close()
         HttpSink("http://receiver.test/r", None).close()
@@ -153,7 +153,7 @@ def test_a_bearer_token_over_plain_http_is_warned_about_once_without_the_token(
 def test_url_password_over_plain_http_is_warned_about_too(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="bot.sinks"):
+    with caplog.at_level(logging.WARNING, logger="bot.outbox.sinks"):
         HttpSink("http://user:pw-secret@receiver.test/r", None).close()
 
     assert len(caplog.records) == 1 and "pw-secret" not in caplog.text

@@ -9,8 +9,8 @@ import fakeredis
 import pytest
 import redis
 
-from bot.keys import Keys
-from bot.reaper import Reaper
+from bot.recovery.reaper import Reaper
+from bot.store.keys import Keys
 
 KEYS = Keys("bot")
 LEASE_TTL_S = 3.0

@@ -1,0 +1,198 @@
+"""bot's kombu transport: kombu's Redis transport without the window in which it drops a message.
+
+Observed in kombu 5.7 (pinned by tests/integration/test_transport.py): a consumer takes a
+message off its queue with BRPOP, then records it as unacked (ZADD `unacked_index` + HSET
+`unacked`) in a second round trip. When Redis goes away between the two (a restart, a
+failover, a network cut), that write raises, the message is in no queue and no unacked hash,
+and kombu forgets it: Celery never sees it and nothing will ever deliver it again.
+
+Here `QoS.append` keeps such a message in this process's memory ("stranded") and re-raises,
+so Celery reconnects exactly as before; every channel this process opens afterwards first
+puts the stranded messages back at the head of their queue, with kombu's own restore (RPUSH,
+the end BRPOP takes next; `redelivered` set). Should the unacked write have reached Redis
+after all, the message now exists twice: harmless, a job's acquire is fenced and the second
+delivery is acked without running (bot/store/lua/acquire.lua).
+
+Not covered: the process dying inside that same window (kill -9 between the two round trips),
+or exiting while Redis stays unreachable (the stranded messages are logged at exit). Closing
+that for good needs a blocking pop that records in the same step, which Redis offers for one
+source list (BLMOVE) but not for the several priority lists kombu reads at once.
+
+A second, smaller repair: restoring unacked messages on a channel whose transport was
+already detached crashed the worker (see `QoS.restore_unacked_once`). A third: an item in a
+queue list that is not a kombu message at all (anything written there with a raw LPUSH) made
+kombu raise while reading it, which stopped the worker; it is dropped with a log line
+(`Channel._brpop_read`).
+
+`install()` (called by `bot.application.create_app`) makes kombu resolve `redis://` and
+`rediss://` to this transport in the process, through kombu's transport alias table. Not
+Celery's `broker_transport` setting: that would also rename the URL scheme kombu reports
+(`as_uri()`), and Flower picks its broker client (queue lengths) by that scheme.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import logging
+import threading
+from typing import Any
+
+import kombu.transport
+from kombu.transport import redis as kombu_redis
+
+logger = logging.getLogger(__name__)
+
+#: This transport, as kombu names transports.
+TRANSPORT = "bot.broker.transport:Transport"
+#: URL schemes that resolve to it once installed (both are kombu's Redis transport otherwise).
+SCHEMES = ("redis", "rediss")
+
+
+class StrandedMessages:
+    """Messages this process took off a queue but could not record as unacked."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._messages: list[tuple[dict[str, Any], str, str]] = []
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._messages)
+
+    def keep(self, payload: dict[str, Any], exchange: str, routing_key: str) -> None:
+        with self._lock:
+            self._messages.append((copy.deepcopy(payload), exchange, routing_key))
+
+    def job_ids(self) -> list[str]:
+        with self._lock:
+            return [str(p.get("headers", {}).get("id", "?")) for p, _, _ in self._messages]
+
+    def put_back(self, channel: Any) -> int:
+        """Push every stranded message back at the head of its queue through `channel`, in one
+        MULTI/EXEC; on failure they stay stranded (and the error propagates)."""
+        with self._lock:
+            pending, self._messages = self._messages, []
+        if not pending:
+            return 0
+        try:
+            with channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                # Each restore goes to the head: the last one pushed is taken first, so push
+                # in reverse to keep the order in which they were taken.
+                for payload, exchange, routing_key in reversed(pending):
+                    channel._do_restore_message(payload, exchange, routing_key, pipe, False)
+                pipe.execute()
+        except BaseException:
+            with self._lock:
+                self._messages[:0] = pending
+            raise
+        return len(pending)
+
+
+#: This process's stranded messages (the worker's consumer runs in its main process).
+STRANDED = StrandedMessages()
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's QoS; a message whose unacked write fails is stranded instead of forgotten."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except self.channel.connection_errors:
+            info = message.delivery_info
+            STRANDED.keep(message._raw, info["exchange"], info["routing_key"])
+            logger.warning(
+                "message %s taken off %r but Redis went away before it was recorded as "
+                "unacked; kept in memory, put back on reconnect",
+                delivery_tag,
+                info["routing_key"],
+            )
+            raise
+
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        """kombu's restore of this channel's unacked messages at close, except on a channel
+        whose transport was already detached from its connection. Seen in a worker when Redis
+        went away (Celery 5.7 / kombu 5.7): the consumer's `collect()` detaches the transport,
+        an earlier close of the channel stopped at a Redis error, and the final close then
+        restores through the missing connection: an AttributeError that Celery treats as
+        unrecoverable, shutting the worker down. Skipped, the messages stay in Redis's unacked
+        hash, where the reaper's orphan sweep and kombu's visibility sweep put them back."""
+        if self.channel.connection is not None and self.channel.connection.client is None:
+            if self._delivered:
+                logger.warning(
+                    "%d unacked message(s) left in Redis for the sweeps (connection gone)",
+                    len(self._delivered),
+                )
+            self._delivered.clear()
+            # kombu's own mark on that dict: restored once, never again.
+            self._delivered.restored = True  # type: ignore[attr-defined]
+            return None
+        return super().restore_unacked_once(stderr)
+
+
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel; a new one first puts this process's stranded messages back."""
+
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if len(STRANDED):
+            self._put_back_stranded()
+
+    def _put_back_stranded(self) -> None:
+        try:
+            count = STRANDED.put_back(self)
+        except self.connection_errors as exc:
+            logger.warning("stranded messages not put back yet (%s); next connection", exc)
+            return
+        logger.warning("put %d stranded message(s) back at the head of their queue", count)
+
+    def _brpop_read(self, **options: Any) -> Any:
+        """kombu's read of one message; an item that is not a kombu message (not JSON, or
+        without kombu's envelope) is dropped with a log line instead of stopping the worker.
+        It is off the queue already and names no job, so there is nothing to put back.
+        Errors of the consumer itself never arrive here (bot/broker/consumer.py catches them), and a
+        Redis error is none of these types: it propagates, and Celery reconnects."""
+        try:
+            return super()._brpop_read(**options)
+        except UNREADABLE_ITEM_ERRORS as exc:
+            logger.error(
+                "dropped an item of a queue list that is not a kombu message (%s: %.200s)",
+                type(exc).__name__,
+                exc,
+            )
+            return True
+
+
+#: What kombu raises reading a queue item that is not one of its messages.
+UNREADABLE_ITEM_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with `Channel` above."""
+
+    Channel = Channel
+
+
+def install() -> None:
+    """Resolve `redis://` and `rediss://` URLs to this transport in this process."""
+    for scheme in SCHEMES:
+        kombu.transport.TRANSPORT_ALIASES[scheme] = TRANSPORT
+        # kombu caches the class per name; drop one resolved before this call.
+        kombu.transport._transport_cache.pop(scheme, None)
+
+
+def _report_stranded_at_exit() -> None:
+    if len(STRANDED):
+        logger.error(
+            "exiting with %d message(s) taken off Redis and never put back (Redis unreachable "
+            "since): jobs %s",
+            len(STRANDED),
+            ", ".join(STRANDED.job_ids()),
+        )
+
+
+atexit.register(_report_stranded_at_exit)

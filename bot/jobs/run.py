@@ -1,0 +1,199 @@
+"""How a worker runs one delivery of an op: decode -> guard -> execute -> record.
+
+`run_op` is the body of every `ops.*` task. The guard (acquire) runs first so a duplicate
+delivery is acked without running; the payload is then validated (a bad one is rejected, never
+retried); the op body runs; its outcome is recorded under the fence it acquired.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Reject
+from pydantic import BaseModel
+
+from bot.base.backoff import full_jitter
+from bot.errors import BotError, PayloadRejected
+from bot.jobs.envelope import ENQUEUED_AT_HEADER, enqueued_at_ms, payload_digest
+from bot.jobs.outcome import Attempt
+from bot.jobs.progress import bind as bind_progress
+from bot.jobs.progress import unbind as unbind_progress
+from bot.jobs.store import Acquired, Delivery, Skipped
+from bot.ops import OpSpec, check_size
+from bot.runtime.process import RUNTIME
+from bot.store.connect import UNREACHABLE
+
+logger = logging.getLogger(__name__)
+
+#: Tries of job acquire across a Redis error before the message is handed back to the broker.
+ACQUIRE_ATTEMPTS = 5
+
+
+class JobDead(BotError):
+    """The job was recovered more than BOT_MAX_RECOVERIES times (a poison job)."""
+
+
+class OpTask(Task):
+    """Base class of every `ops.*` task. `op_spec` is set per task by `bot.application`."""
+
+    op_spec: OpSpec
+    typing = False  # the payload is validated by pydantic in run_op, with field-level errors
+    # Hands a job back (queued, recoveries + 1) when its pool child dies, before Celery
+    # requeues the message: see bot/jobs/child_lost.py.
+    Request = "bot.jobs.child_lost:OpRequest"
+    # Checks each message before Celery unpacks it, so none can stop the worker: see
+    # bot/jobs/intake.py.
+    Strategy = "bot.jobs.intake:guarded"
+
+
+def delivery_of(task: Task, args: tuple[Any, ...], payload: dict[str, Any]) -> Delivery:
+    request = task.request
+    info = request.delivery_info or {}
+    properties = getattr(request, "properties", None) or {}
+    tag = properties.get("delivery_tag") or info.get("delivery_tag") or ""
+    queue = info.get("routing_key") or task.app.settings.default_queue
+    message = {"task": task.name, "args": list(args), "kwargs": payload, "queue": queue}
+    return Delivery(
+        job_id=request.id,
+        op=task.op_spec.name,
+        queue=queue,
+        delivery_tag=str(tag),
+        message=message,
+        enqueued_at_ms=enqueued_at_ms(getattr(request, ENQUEUED_AT_HEADER, None)),
+        digest=payload_digest(list(args), payload),
+    )
+
+
+def decode(spec: OpSpec, args: tuple[Any, ...], payload: dict[str, Any], limit: int) -> BaseModel:
+    """The validated payload, or PayloadRejected. Positional arguments (Celery clients in
+    other languages send them so) bind to the op's fields in declared order."""
+    check_size({"args": list(args), **payload} if args else payload, limit)
+    return spec.validate(bind_positional(spec, args, payload))
+
+
+def bind_positional(spec: OpSpec, args: tuple[Any, ...], payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` with `args` bound to the op's fields in declared order; PayloadRejected for
+    more arguments than fields, or a field given both ways."""
+    if not args:
+        return payload
+    fields = list(spec.payload_model.model_fields)
+    if len(args) > len(fields):
+        msg = f"at most {len(fields)} positional arguments ({', '.join(fields) or 'none'})"
+        raise PayloadRejected(
+            f"invalid payload for op {spec.name!r}: {len(args)} positional arguments, {msg}",
+            [{"loc": ["args"], "msg": f"takes {msg}", "type": "too_many_args"}],
+        )
+    bound = dict(zip(fields, args, strict=False))
+    twice = sorted(set(bound) & set(payload))
+    if twice:
+        raise PayloadRejected(
+            f"invalid payload for op {spec.name!r}: {', '.join(twice)} given both "
+            "positionally and by keyword",
+            [
+                {"loc": [name], "msg": "given both positionally and by keyword", "type": "twice"}
+                for name in twice
+            ],
+        )
+    return {**bound, **payload}
+
+
+def guard(task: OpTask, delivery: Delivery) -> Attempt:
+    """Acquire the job for this worker, or stop this delivery without running it."""
+    verdict = acquire_or_requeue(task, delivery)
+    if isinstance(verdict, Skipped):
+        log = logger.warning if verdict.reason == "reused" else logger.info
+        log("job %s: delivery skipped (%s: %s)", delivery.job_id, verdict.reason, verdict.detail)
+        raise Ignore()
+    assert isinstance(verdict, Acquired)
+    return Attempt(task.app, delivery, verdict, RUNTIME.owner())
+
+
+def acquire_or_requeue(task: OpTask, delivery: Delivery) -> Acquired | Skipped:
+    """Acquire through the worker's acquire breaker, retrying a Redis error with backoff; if
+    Redis stays unreachable, hand the message back to the broker (`Reject(requeue=True)`):
+    the job has not started, so it must not fail or be lost for a Redis hiccup."""
+    settings = task.app.settings
+    breaker = RUNTIME.acquire_breaker
+    problem = "acquire breaker open"
+    claim = uuid.uuid4().hex  # one per attempt: a call repeated after a lost reply is safe
+    for attempt in range(ACQUIRE_ATTEMPTS):
+        if breaker.allow():
+            try:
+                verdict = task.app.job_store().acquire(
+                    delivery,
+                    RUNTIME.owner(),
+                    os.getpid(),
+                    claim,
+                    max_recoveries=settings.max_recoveries,
+                )
+            except UNREACHABLE as exc:
+                breaker.record_failure()
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                breaker.record_success()
+                return verdict
+        delay = full_jitter(attempt, settings.retry_base_delay, settings.retry_max_delay)
+        logger.warning(
+            "job %s: cannot acquire (%s); again in %.1fs", delivery.job_id, problem, delay
+        )
+        time.sleep(delay)
+    logger.error("job %s: cannot acquire (%s); handing the message back", delivery.job_id, problem)
+    raise Reject(problem, requeue=True)
+
+
+def run_op(task: OpTask, /, *args: Any, **payload: Any) -> Any:
+    """The body of every `ops.*` task. `task` is positional-only so that a payload field
+    named `task` or `self` reaches the payload model instead of colliding with it."""
+    spec = task.op_spec
+    attempt = guard(task, delivery_of(task, args, payload))
+    if attempt.acquired.exhausted:  # decided by acquire.lua: this attempt must not run
+        return _end_dead(attempt, task.app.settings.max_recoveries)
+    try:
+        model = decode(spec, args, payload, task.app.settings.max_payload_bytes)
+    except PayloadRejected as exc:
+        _finish_or_ignore(attempt, "rejected", error=exc)
+        raise
+    result = execute(task, attempt, model)
+    _finish_or_ignore(attempt, "succeeded", result=result)
+    return result
+
+
+def execute(task: OpTask, attempt: Attempt, model: BaseModel) -> Any:
+    """Run the op body; a transient error is retried with backoff, anything else fails."""
+    spec = task.op_spec
+    bind_progress(task)
+    try:
+        return spec.call(model)
+    except spec.transient as exc:
+        if task.request.retries >= spec.max_retries:
+            _finish_or_ignore(attempt, "failed", error=exc)
+            raise
+        settings = task.app.settings
+        countdown = full_jitter(
+            task.request.retries, settings.retry_base_delay, settings.retry_max_delay
+        )
+        if not attempt.record_retrying(exc, countdown):
+            raise Ignore() from None
+        raise task.retry(exc=exc, countdown=countdown, max_retries=spec.max_retries) from None
+    except Exception as exc:
+        _finish_or_ignore(attempt, "failed", error=exc)
+        raise
+    finally:
+        unbind_progress()
+
+
+def _end_dead(attempt: Attempt, max_recoveries: int) -> Any:
+    recoveries = attempt.acquired.recoveries
+    exc = JobDead(f"job recovered {recoveries} times, over BOT_MAX_RECOVERIES ({max_recoveries})")
+    _finish_or_ignore(attempt, "dead", error=exc)
+    raise exc
+
+
+def _finish_or_ignore(attempt: Attempt, status: str, **outcome: Any) -> None:
+    if not attempt.finish(status, **outcome):
+        raise Ignore()

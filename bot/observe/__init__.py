@@ -1,0 +1,1 @@
+"""What a worker exposes about itself: Prometheus /metrics."""

@@ -1,0 +1,1 @@
+"""Reports delivered to sinks: the outbox stream, the relay, the HTTP sink."""

@@ -1,0 +1,267 @@
+"""Report sinks the relay delivers to. Built in: the HTTP sink (`BOT_REPORT_URL`).
+
+A sink has a `name` (its consumer group on the outbox), `check(job_id, report_json)`, which
+raises `DeliveryRejected` for a report no request could carry (called before the relay asks its
+breaker), and `deliver(job_id, report_json)`, which returns on success and raises
+`DeliveryFailed` (transient: retried with backoff, counted by the breaker) or `DeliveryRejected`
+(about that one report: dead-lettered at once, not counted against the sink).
+
+The HTTP sink POSTs the report JSON with `Authorization: Bearer <BOT_REPORT_TOKEN>` and
+`Idempotency-Key: <job_id>`, so a receiver can drop the duplicates at-least-once delivery may
+produce (a relay killed between the POST and its XACK). Its answer is judged by status alone:
+2xx is delivered; a 4xx about the report (400, 409, 413, 422, 431 ...) rejects it; anything
+else (a 5xx, a 4xx about the sink itself such as 401 or 404, a transport error, the overall
+deadline: one wall-clock limit on the whole request, `bot.outbox.http_deadline`) is a failed
+attempt. At most `MAX_RESPONSE_BYTES` of a response body are read, streamed, and only to quote
+the start of a rejection in its reason. The token is never logged nor put in an
+error message; sending it over plain http:// is warned about once, at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import urllib.request
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from bot.jobs.envelope import printable
+from bot.outbox.http_deadline import DeadlineTransport
+from bot.outbox.stream import HTTP_GROUP
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to connect to the receiver / to wait for each read of its answer. Their sum is the
+#: default overall deadline of one POST.
+CONNECT_TIMEOUT_S = 3.0
+READ_TIMEOUT_S = 5.0
+#: At most this much of a response body is read; the rest is never pulled off the socket
+#: (httpcore reads 64 KiB at a time, so the socket may give up to one read more).
+MAX_RESPONSE_BYTES = 64 * 1024
+#: A rejection's reason quotes at most this many characters of the receiver's answer.
+REASON_BODY_CHARS = 200
+#: Longest Idempotency-Key sent. A longer job id is rejected here rather than left to the
+#: receiver, which may answer 431 or reset the connection mid-send (read as transient).
+MAX_KEY_CHARS = 1024
+#: A header value h11 sends: visible ASCII, single spaces/tabs inside, none at the ends.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
+#: 4xx answers about the sink, its configuration or the moment, not the report: retried like
+#: a 5xx, so that a wrong token or URL opens the breaker and holds every report (none is lost)
+#: instead of dead-lettering them all: 401/403/407 (credentials), 404/405/421 (the URL),
+#: 408/429 (the moment).
+_TRANSIENT_4XX = frozenset({401, 403, 404, 405, 407, 408, 421, 429})
+
+
+class DeliveryFailed(Exception):
+    """A failed attempt; the entry stays pending and is retried with backoff."""
+
+
+class DeliveryRejected(Exception):
+    """This report can never be delivered as it is (it cannot be sent as a valid request, or
+    the receiver refused it with a 4xx): dead-lettered at once; says nothing about the sink."""
+
+
+class Sink(Protocol):
+    name: str
+
+    def check(self, job_id: str, report_json: str) -> None: ...
+
+    def deliver(self, job_id: str, report_json: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: The prefix of a sink breaker's name (`sink:http`), in the worker record and
+#: `bot_breaker_state`; a sink breaker that is not closed makes the worker DEGRADED.
+_SINK_BREAKER_PREFIX = "sink:"
+
+
+def breaker_name(sink_name: str) -> str:
+    """The name of the circuit breaker guarding the sink `sink_name`."""
+    return f"{_SINK_BREAKER_PREFIX}{sink_name}"
+
+
+def is_sink_breaker(name: str) -> bool:
+    return name.startswith(_SINK_BREAKER_PREFIX)
+
+
+def redact_http_url(url: str) -> str:
+    """The URL without user:password and query string, fit for logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=host, query=""))
+
+
+def _strip_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP(S)_PROXY / ALL_PROXY unless NO_PROXY
+    covers its host): httpx ignores the environment once it is given a transport."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
+def encode_request(job_id: str, report_json: str) -> bytes:
+    """The report's body, or `DeliveryRejected` when the job id is no valid Idempotency-Key
+    or the report does not encode (a lone surrogate)."""
+    if len(job_id) > MAX_KEY_CHARS:
+        raise DeliveryRejected(f"job id of {len(job_id)} characters (> {MAX_KEY_CHARS})")
+    if not _HEADER_VALUE.fullmatch(job_id):
+        raise DeliveryRejected(f"job id is not a valid header value: {printable(job_id, 100)}")
+    try:
+        return report_json.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DeliveryRejected(f"report is not valid UTF-8 text: {exc.reason}") from None
+
+
+def judge(status: int, body: bytes, encoded: bool) -> None:
+    """Raise for anything but 2xx: `DeliveryRejected` for a 4xx about the report, quoting the
+    start of the answer (unless it is content-encoded), `DeliveryFailed` otherwise."""
+    if 200 <= status < 300:
+        return
+    if 400 <= status < 500 and status not in _TRANSIENT_4XX:
+        text = "" if encoded else body.decode("utf-8", "replace").strip()
+        quoted = printable(text, REASON_BODY_CHARS)
+        raise DeliveryRejected(f"HTTP {status}: {quoted}" if quoted else f"HTTP {status}")
+    raise DeliveryFailed(f"HTTP {status}")
+
+
+def read_capped(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> bytes:
+    """At most `limit` bytes of the (raw) body; stops reading there. The status is the answer:
+    a body cut short by an error or the deadline yields what had arrived."""
+    if response.is_stream_consumed:  # read already (httpx's MockTransport does)
+        return response.content[:limit]
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_raw():
+            chunks.append(chunk[: limit - size])
+            size += len(chunks[-1])
+            if size >= limit:
+                break
+    except httpx.HTTPError as exc:
+        logger.debug("sink answer %d cut short: %s", response.status_code, type(exc).__name__)
+    return b"".join(chunks)
+
+
+class HttpSink:
+    """POST each report to one URL over a kept-alive connection pool."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        name: str = HTTP_GROUP,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        deadline_s: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        if token is not None and not _HEADER_VALUE.fullmatch(token):
+            # Else every request would fail to be written (each report dead-lettered as if
+            # it were at fault) and h11's error would quote the header, token included.
+            raise ValueError(
+                "BOT_REPORT_TOKEN is not a valid HTTP header value (a control or non-ASCII "
+                "character, or whitespace at either end)"
+            )
+        # httpx logs every request at INFO; a relay would log one line per report.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        # A bearer token wins over user:password in the URL (httpx would send Basic instead);
+        # without a token, URL credentials give Basic auth.
+        self.url = _strip_userinfo(url) if token else url
+        #: The longest one delivery takes: the relay's claim idle time is based on it.
+        self.timeout_s = (
+            deadline_s if deadline_s is not None else connect_timeout_s + read_timeout_s
+        )
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._deadline = DeadlineTransport(proxy=env_proxy(url)) if transport is None else None
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            transport=transport or self._deadline,
+        )
+        _warn_if_plaintext(url, token)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpSink:
+        if not settings.report_url:
+            raise ValueError("BOT_REPORT_URL is not set")
+        token = settings.report_token.get_secret_value() if settings.report_token else None
+        return cls(settings.report_url, token)
+
+    def check(self, job_id: str, report_json: str) -> None:
+        encode_request(job_id, report_json)
+
+    def deliver(self, job_id: str, report_json: str) -> None:
+        body = encode_request(job_id, report_json)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            status, answer, encoded = self._post(job_id, body, deadline)
+        except httpx.LocalProtocolError:
+            # h11 refused to write the request (nothing was sent): about this report, the only
+            # part not checked at start. Its message may quote headers: not repeated.
+            raise DeliveryRejected(
+                "the request could not be written (LocalProtocolError)"
+            ) from None
+        except httpx.TimeoutException as exc:
+            if time.monotonic() >= deadline:
+                raise DeliveryFailed(f"deadline of {self.timeout_s:g}s passed") from None
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
+        except httpx.HTTPError as exc:
+            # str(exc) of httpx names the URL at most, never the request headers (the token).
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
+        judge(status, answer, encoded)
+
+    def _post(self, job_id: str, body: bytes, deadline: float) -> tuple[int, bytes, bool]:
+        """Status, at most MAX_RESPONSE_BYTES of the body, and whether it is content-encoded;
+        every socket operation ends by `deadline`."""
+        with (
+            self._until(deadline),
+            self._client.stream(
+                "POST", self.url, content=body, headers={"Idempotency-Key": job_id}
+            ) as response,
+        ):
+            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+            return response.status_code, read_capped(response), encoded
+
+    def _until(self, deadline: float) -> contextlib.AbstractContextManager[None]:
+        if self._deadline is None:  # an injected transport (tests): no deadline to clamp to
+            return contextlib.nullcontext()
+        return self._deadline.backend.until(deadline)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"HttpSink({redact_http_url(self.url)!r})"
+
+
+def _warn_if_plaintext(url: str, token: str | None) -> None:
+    """One warning when credentials (a bearer token, or user:password in the URL) would go
+    over plain http://, readable by anyone on the path. Never logs the credentials."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "http" and (token or parts.password):
+        what = "BOT_REPORT_TOKEN" if token else "the password in BOT_REPORT_URL"
+        logger.warning(
+            "report sink %s: %s is sent over plain http:// (unencrypted); use https://",
+            redact_http_url(url),
+            what,
+        )

@@ -1,0 +1,2 @@
+"""What this worker process knows about itself: identity, shared breaker and counters, the requests
+it holds."""
