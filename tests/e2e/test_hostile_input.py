@@ -16,18 +16,10 @@ import redis
 from bot.application import create_app
 from bot.client import Client
 from tests.support.hostile import Hostile, RawSender
-from tests.support.processes import WorkerProcess, run_bot, wait_for
+from tests.support.processes import FAST_FLEET, WorkerProcess, run_bot, wait_for
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
-
-FAST = {
-    "BOT_HEARTBEAT_INTERVAL": "0.5",
-    "BOT_RETRY_BASE_DELAY": "0.05",
-    "BOT_RETRY_MAX_DELAY": "0.2",
-    "BOT_BREAKER_THRESHOLD": "3",
-    "BOT_BREAKER_TIMEOUT": "1",
-}
 
 
 def reports(client: redis.Redis) -> list[dict[str, Any]]:
@@ -118,7 +110,7 @@ def test_bad_job_ids_are_rejected_under_a_safe_id_and_block_no_report(
     env: dict[str, str],
 ) -> None:
     # Given a worker relaying reports to a receiver
-    workers("w1", extra_env={**FAST, "BOT_REPORT_URL": receiver.url})
+    workers("w1", extra_env={**FAST_FLEET, "BOT_REPORT_URL": receiver.url})
     sender = RawSender(redis_url)
     bad_ids = ["bad\r\nid", "caf\u00e9", "x" * 100_000]
     # When messages with ids no report could carry come first, then good jobs

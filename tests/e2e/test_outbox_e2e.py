@@ -24,6 +24,7 @@ from bot.client import Client
 from bot.jobs.reports import Report
 from config.settings import Settings
 from tests.support.processes import (
+    FAST_FLEET,
     REPO_ROOT,
     WorkerProcess,
     bot_env,
@@ -38,19 +39,12 @@ from tests.support.relay_process import RelayProcess
 pytestmark = pytest.mark.e2e
 
 TOKEN = "e2e-token"
-FAST = {
-    "BOT_HEARTBEAT_INTERVAL": "0.5",
-    "BOT_RETRY_BASE_DELAY": "0.05",
-    "BOT_RETRY_MAX_DELAY": "0.2",
-    "BOT_BREAKER_THRESHOLD": "3",
-    "BOT_BREAKER_TIMEOUT": "1",
-}
 SCHEMA = Report.model_json_schema()
 
 
 @pytest.fixture
 def relay_env(env: dict[str, str], receiver: Receiver) -> dict[str, str]:
-    return {**env, **FAST, "BOT_REPORT_URL": receiver.url, "BOT_REPORT_TOKEN": TOKEN}
+    return {**env, **FAST_FLEET, "BOT_REPORT_URL": receiver.url, "BOT_REPORT_TOKEN": TOKEN}
 
 
 @pytest.fixture
@@ -103,7 +97,7 @@ def test_every_ended_job_has_exactly_one_schema_valid_report(
     redis_server: RedisServer,
 ) -> None:
     # Given a worker (a job recovered once is dead) and a relay
-    workers("w1", extra_env={**FAST, "BOT_MAX_RECOVERIES": "0"})
+    workers("w1", extra_env={**FAST_FLEET, "BOT_MAX_RECOVERIES": "0"})
     relay = relays("r1")
     app = create_app(make_settings())
     client = Client(app)
@@ -148,7 +142,7 @@ def test_receiver_down_while_500_jobs_run_then_all_delivered_once(
 ) -> None:
     # Given the receiver down, a worker (concurrency 2) and a relay
     receiver.down()
-    workers("w1", extra_env=FAST, concurrency=2)
+    workers("w1", extra_env=FAST_FLEET, concurrency=2)
     relay = relays("r1", BOT_OUTBOX_MAX_DELIVERIES="1000")
     client = Client(create_app(make_settings()))
 
@@ -181,7 +175,7 @@ def test_a_relay_killed_mid_delivery_has_its_entries_claimed_by_another(
 ) -> None:
     # Given a slow receiver, one relay, and 30 reports
     receiver.delay_s = 0.2
-    workers("w1", extra_env=FAST)
+    workers("w1", extra_env=FAST_FLEET)
     doomed = relays("doomed")
     client = Client(create_app(make_settings()))
     job_ids = {client.submit("sum", {"a": i, "b": 1}).job_id for i in range(30)}
@@ -212,7 +206,7 @@ def test_always_500_dead_letters_then_replay_delivers(
 ) -> None:
     # Given a receiver that always answers 500 and 3 deliveries at most
     receiver.status = 500
-    workers("w1", extra_env=FAST)
+    workers("w1", extra_env=FAST_FLEET)
     relays("r1", BOT_OUTBOX_MAX_DELIVERIES="3", BOT_BREAKER_THRESHOLD="1000")
     client = Client(create_app(make_settings()))
     job_ids = {client.submit("sum", {"a": i, "b": 1}).job_id for i in range(5)}
@@ -258,7 +252,7 @@ def test_redis_restarted_mid_run_loses_and_duplicates_no_report(
     receiver: Receiver,
 ) -> None:
     # Given a private AOF redis-server, a worker and a relay on it, and 120 jobs of 50 ms each
-    env = bot_env(private_redis.url(), state_dir, FAST)
+    env = bot_env(private_redis.url(), state_dir, FAST_FLEET)
     renv = {**env, "BOT_REPORT_URL": receiver.url, "BOT_REPORT_TOKEN": TOKEN}
     workers("w1", extra_env=env, concurrency=2)
     relays("r1", env=renv, BOT_OUTBOX_MAX_DELIVERIES="1000")
@@ -294,7 +288,7 @@ def test_reports_the_receiver_refuses_are_dead_lettered_and_the_worker_stays_rea
     receiver.statuses = dict.fromkeys(refused, 400)
     receiver.body = b"unknown op"
     report_env = {"BOT_REPORT_URL": receiver.url, "BOT_REPORT_TOKEN": TOKEN}
-    workers("w1", extra_env={**FAST, **report_env, "BOT_OUTBOX_MAX_DELIVERIES": "1000"})
+    workers("w1", extra_env={**FAST_FLEET, **report_env, "BOT_OUTBOX_MAX_DELIVERIES": "1000"})
     client = Client(create_app(make_settings()))
 
     # When the refused jobs run in a row, among 10 others

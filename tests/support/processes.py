@@ -20,6 +20,17 @@ BOT = str(BIN_DIR / "bot")
 FAULT_OPS = "tests.support.fault_ops"
 
 
+#: Settings that make a worker's heartbeat, retries and sink breaker fast enough for e2e tests
+#: of delivery and recovery (seconds, as BOT_* strings).
+FAST_FLEET = {
+    "BOT_HEARTBEAT_INTERVAL": "0.5",
+    "BOT_RETRY_BASE_DELAY": "0.05",
+    "BOT_RETRY_MAX_DELAY": "0.2",
+    "BOT_BREAKER_THRESHOLD": "3",
+    "BOT_BREAKER_TIMEOUT": "1",
+}
+
+
 def bot_env(
     redis_url: str, state_dir: Path, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
