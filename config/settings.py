@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
     key_prefix: str = Field("bot", min_length=1)
+    #: Celery task events (what Flower shows): off for a fleet that runs no Flower.
+    task_events: bool = True
+    #: `task-sent` events from producers, so Flower lists a job before a worker receives it;
+    #: they cost each producer one more publish per job (docs/benchmarks.md).
+    task_sent_events: bool = True
 
     @field_validator("redis_url", "result_url")
     @classmethod
