@@ -35,14 +35,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
-import redis  # noqa: E402
-from celery import Celery  # noqa: E402
+import psutil
+import redis
+from celery import Celery
 
-from bench import profiling  # noqa: E402
-from bench.bench_ops import COUNTER_KEY  # noqa: E402
-from tests.support.processes import REPO_ROOT, WorkerProcess, bot_env  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+from bench import profiling
+from bench.bench_ops import COUNTER_KEY
+from tests.support.processes import REPO_ROOT, WorkerProcess, bot_env
+from tests.support.redis_server import RedisServer
 
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- fleet-bench:begin -->", "<!-- fleet-bench:end -->"
@@ -182,9 +182,10 @@ def redis_cpu_seconds(client: redis.Redis) -> float:
 def command_usec(client: redis.Redis) -> dict[str, tuple[int, int]]:
     """Per Redis command: (calls, usec) since the server started."""
     stats = client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()
-    }
+    out = {}
+    for name, values in stats.items():
+        out[name.removeprefix("cmdstat_")] = (int(values["calls"]), int(values["usec"]))
+    return out
 
 
 def pss_mib(worker: WorkerProcess) -> float:
@@ -246,7 +247,10 @@ def drain(rig: Rig, setup: Setup, worker: WorkerProcess, queued: int) -> dict[st
     jobs = queued - first
     cpu1, redis1, cmds1 = cpu_seconds(worker), redis_cpu_seconds(client), command_usec(client)
     per_command = {
-        name: ((calls - cmds0.get(name, (0, 0))[0]) / jobs, (usec - cmds0.get(name, (0, 0))[1]) / jobs)
+        name: (
+            (calls - cmds0.get(name, (0, 0))[0]) / jobs,
+            (usec - cmds0.get(name, (0, 0))[1]) / jobs,
+        )
         for name, (calls, usec) in cmds1.items()
     }
     return {

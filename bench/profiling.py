@@ -64,7 +64,9 @@ def load(raw: Path) -> list[tuple[list[str], int]]:
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
             frames = [short(f) for f in stack.split(";")]
-            stacks.append((frames[1:] if frames and frames[0].startswith("process ") else frames, int(count)))
+            stacks.append(
+                (frames[1:] if frames and frames[0].startswith("process ") else frames, int(count))
+            )
     return stacks
 
 
@@ -107,11 +109,17 @@ def _walk(
     indent: int,
     lines: list[str],
 ) -> None:
-    kids = [(f, c) for f, c in children.get(path, Counter()).most_common() if c / total >= TREE_MIN_SHARE]
+    kids = [
+        (f, c)
+        for f, c in children.get(path, Counter()).most_common()
+        if c / total >= TREE_MIN_SHARE
+    ]
     for frame, count in kids:
         # A chain of single children at the same share is printed as one line deeper down.
         node, shown = (*path, frame), frame
-        while len(grand := children.get(node, Counter())) == 1 and next(iter(grand.values())) == count:
+        while (
+            len(grand := children.get(node, Counter())) == 1 and next(iter(grand.values())) == count
+        ):
             node = (*node, next(iter(grand)))
             shown = node[-1]
         lines.append(f"{count / total:6.1%} {'  ' * indent}{shown}")
