@@ -82,9 +82,11 @@ class Settings(BaseSettings):
     key_prefix: str = Field("bot", min_length=1)
     #: Celery task events (what Flower shows): off for a fleet that runs no Flower.
     task_events: bool = True
-    #: `task-sent` events from producers, so Flower lists a job before a worker receives it;
-    #: they cost each producer one more publish per job (docs/benchmarks.md).
-    task_sent_events: bool = True
+    #: `task-sent` events from producers, so Flower lists a job before a worker receives it.
+    #: Off by default: they cost each producer one more publish per job, a third of its rate
+    #: (docs/benchmarks.md); `bot fleet`, the queue metrics and Flower's broker page show the
+    #: backlog without them.
+    task_sent_events: bool = False
 
     @field_validator("redis_url", "result_url")
     @classmethod
@@ -154,6 +156,12 @@ class Settings(BaseSettings):
     @property
     def result_backend_url(self) -> str:
         return self.result_url or self.redis_url
+
+    @property
+    def results_in_job_store(self) -> bool:
+        """Whether Celery's results live in the Redis database of the job records, so that
+        bot's scripts can write them in the same step (bot/jobs/celery_meta.py)."""
+        return self.result_url is None or self.result_url == self.redis_url
 
     @property
     def default_queue(self) -> str:

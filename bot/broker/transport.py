@@ -18,6 +18,10 @@ or exiting while Redis stays unreachable (the stranded messages are logged at ex
 that for good needs a blocking pop that records in the same step, which Redis offers for one
 source list (BLMOVE) but not for the several priority lists kombu reads at once.
 
+A cost, not a fault: kombu builds a new `redis.Redis` for every publish, ack and restore
+(copying its ~200 response callbacks each time: a sixth of a producer's CPU per job in
+docs/profiles/producer.txt); `Channel.conn_or_acquire` here reuses one per channel and pool.
+
 A second, smaller repair: restoring unacked messages on a channel whose transport was
 already detached crashed the worker (see `QoS.restore_unacked_once`). A third: an item in a
 queue list that is not a kombu message at all (anything written there with a raw LPUSH) made
@@ -36,6 +40,8 @@ import atexit
 import copy
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import kombu.transport
@@ -138,9 +144,22 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._shared_client: tuple[Any, Any] | None = None  # (pool, client on that pool)
         super().__init__(*args, **kwargs)
         if len(STRANDED):
             self._put_back_stranded()
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """The given client, or this channel's one client on its current connection pool
+        (kombu makes a new client per call; redis-py clients are thread-safe)."""
+        if client:
+            yield client
+            return
+        pool = self.pool
+        if self._shared_client is None or self._shared_client[0] is not pool:
+            self._shared_client = (pool, self._create_client())
+        yield self._shared_client[1]
 
     def _put_back_stranded(self) -> None:
         try:

@@ -20,7 +20,7 @@ from bot.base.clock import now_ms
 from bot.errors import PayloadRejected
 from bot.jobs.ports import AppPort
 from bot.jobs.reports import Report, ReportError, ReportWorker, ms_to_datetime
-from bot.jobs.store import Acquired, Delivery, Outcome
+from bot.jobs.store import Acquired, Delivery, Outcome, ResultMeta
 from bot.runtime.process import RUNTIME
 from bot.store.connect import UNREACHABLE
 
@@ -64,10 +64,16 @@ class Attempt:
         )
 
     def finish(
-        self, status: str, *, result: Any = None, error: BaseException | None = None
+        self,
+        status: str,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+        result_meta: ResultMeta | None = None,
     ) -> bool:
-        """Record a final outcome and its report. False when the lease was lost."""
-        entry = self._record(self._final_outcome(status, result, error))
+        """Record a final outcome and its report (and Celery's result meta, when given, in
+        the same step). False when the lease was lost."""
+        entry = self._record(self._final_outcome(status, result, error), result_meta)
         if entry is None:
             logger.warning("job %s: lease lost, outcome %s discarded", self.job_id, status)
             return False
@@ -123,13 +129,18 @@ class Attempt:
         duration_s = time.monotonic() - self.started_monotonic
         return Outcome(state, detail, report_json, self.delivery.op, duration_s)
 
-    def _complete(self, outcome: Outcome) -> str | None:
+    def _complete(self, outcome: Outcome, result_meta: ResultMeta | None = None) -> str | None:
         """One call of the fenced complete script (see `JobStore.complete`)."""
         return self.app.job_store().complete(
-            self.job_id, self.owner, self.acquired.fence, outcome, self.app.settings.job_ttl
+            self.job_id,
+            self.owner,
+            self.acquired.fence,
+            outcome,
+            self.app.settings.job_ttl,
+            result_meta,
         )
 
-    def _record(self, outcome: Outcome) -> str | None:
+    def _record(self, outcome: Outcome, result_meta: ResultMeta | None = None) -> str | None:
         """Record the outcome. Across a Redis outage the outcome is held in this process's
         memory (counted as `outcomes_held` in the worker record; at most one per pool process,
         which waits) and tried again with backoff until Redis answers; the message stays unacked
@@ -142,7 +153,7 @@ class Attempt:
         try:
             while True:
                 try:
-                    return self._complete(outcome)
+                    return self._complete(outcome, result_meta)
                 except UNREACHABLE as exc:
                     if failures == 0:
                         RUNTIME.counters.held(+1)

@@ -19,11 +19,12 @@ from pydantic import BaseModel
 
 from bot.base.backoff import full_jitter
 from bot.errors import BotError, PayloadRejected
+from bot.jobs import celery_meta
 from bot.jobs.envelope import ENQUEUED_AT_HEADER, enqueued_at_ms, payload_digest
 from bot.jobs.outcome import Attempt
 from bot.jobs.progress import bind as bind_progress
 from bot.jobs.progress import unbind as unbind_progress
-from bot.jobs.store import Acquired, Delivery, Skipped
+from bot.jobs.store import Acquired, Delivery, ResultMeta, Skipped
 from bot.ops import OpSpec, check_size
 from bot.runtime.process import RUNTIME
 from bot.store.connect import UNREACHABLE
@@ -104,7 +105,9 @@ def bind_positional(spec: OpSpec, args: tuple[Any, ...], payload: dict[str, Any]
 
 def guard(task: OpTask, delivery: Delivery) -> Attempt:
     """Acquire the job for this worker, or stop this delivery without running it."""
-    verdict = acquire_or_requeue(task, delivery)
+    # Celery's STARTED meta is written with the record, in one step (None: Celery writes it)
+    started_meta = celery_meta.started(task) if celery_meta.folds(task) else None
+    verdict = acquire_or_requeue(task, delivery, started_meta)
     if isinstance(verdict, Skipped):
         log = logger.warning if verdict.reason == "reused" else logger.info
         log("job %s: delivery skipped (%s: %s)", delivery.job_id, verdict.reason, verdict.detail)
@@ -113,7 +116,9 @@ def guard(task: OpTask, delivery: Delivery) -> Attempt:
     return Attempt(task.app, delivery, verdict, RUNTIME.owner())
 
 
-def acquire_or_requeue(task: OpTask, delivery: Delivery) -> Acquired | Skipped:
+def acquire_or_requeue(
+    task: OpTask, delivery: Delivery, started_meta: ResultMeta | None = None
+) -> Acquired | Skipped:
     """Acquire through the worker's acquire breaker, retrying a Redis error with backoff; if
     Redis stays unreachable, hand the message back to the broker (`Reject(requeue=True)`):
     the job has not started, so it must not fail or be lost for a Redis hiccup."""
@@ -130,6 +135,7 @@ def acquire_or_requeue(task: OpTask, delivery: Delivery) -> Acquired | Skipped:
                     os.getpid(),
                     claim,
                     max_recoveries=settings.max_recoveries,
+                    result_meta=started_meta,
                 )
             except UNREACHABLE as exc:
                 breaker.record_failure()
@@ -159,7 +165,11 @@ def run_op(task: OpTask, /, *args: Any, **payload: Any) -> Any:
         _finish_or_ignore(attempt, "rejected", error=exc)
         raise
     result = execute(task, attempt, model)
-    _finish_or_ignore(attempt, "succeeded", result=result)
+    # Celery's SUCCESS meta goes with the record, in one step (None: Celery writes it)
+    meta = celery_meta.succeeded(task, result) if celery_meta.folds(task) else None
+    _finish_or_ignore(attempt, "succeeded", result=result, result_meta=meta)
+    if meta is not None:
+        celery_meta.written(task)
     return result
 
 

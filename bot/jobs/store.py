@@ -55,6 +55,16 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class ResultMeta:
+    """Celery's result meta of the job, for a script to write with the record (SET with
+    `ttl_s`, 0: none; complete.lua also PUBLISHes it): see bot/jobs/celery_meta.py."""
+
+    key: str
+    value: str
+    ttl_s: int
+
+
+@dataclass(frozen=True)
 class Acquired:
     fence: int
     attempts: int
@@ -105,13 +115,16 @@ class JobStore:
         claim: str = "",
         *,
         max_recoveries: int | None = None,
+        result_meta: ResultMeta | None = None,
     ) -> Acquired | Skipped:
         """Take the job, or say why this delivery must not run. One round trip for a job that
         nobody owns yet (the common case); a second one when it has an owner, whose lease key
         the script needs in KEYS (it reports the owner it found). `claim` names the caller's
         attempt: calling again with it after a Redis error is safe (see acquire.lua). Past
-        `max_recoveries` (None: no bound) the job is taken `exhausted`: to be ended, not run."""
+        `max_recoveries` (None: no bound) the job is taken `exhausted`: to be ended, not run.
+        `result_meta` (Celery's STARTED meta) is written when the job is taken."""
         seen = ("", "0", "")  # owner, fence, pid: optimistically, a job nobody owns yet
+        meta_keys, meta_args = _meta_parts(result_meta)
         for _ in range(_ACQUIRE_READ_ATTEMPTS):
             reply = self._acquire(
                 keys=[
@@ -119,12 +132,14 @@ class JobStore:
                     self.keys.inflight(owner),
                     self.keys.lease(seen[0] or owner),
                     self.keys.stats,
+                    *meta_keys,
                 ],
                 args=[
                     *self._acquire_args(delivery, owner, pid, seen),
                     claim,
                     -1 if max_recoveries is None else max_recoveries,
                     delivery.digest,
+                    *meta_args,
                 ],
             )
             verdict = reply[0]
@@ -167,11 +182,18 @@ class JobStore:
         ]
 
     def complete(
-        self, job_id: str, owner: str, fence: int, outcome: Outcome, job_ttl_s: int
+        self,
+        job_id: str,
+        owner: str,
+        fence: int,
+        outcome: Outcome,
+        job_ttl_s: int,
+        result_meta: ResultMeta | None = None,
     ) -> str | None:
-        """Record an attempt's outcome (and count it in the owner's metrics). Returns the outbox
-        entry id ('' if not final), or None when the fence was lost (the outcome is discarded
-        and counted as lease_lost)."""
+        """Record an attempt's outcome (and count it in the owner's metrics), with Celery's
+        result meta when given. Returns the outbox entry id ('' if not final), or None when
+        the fence was lost (the outcome is discarded and counted as lease_lost)."""
+        meta_keys, meta_args = _meta_parts(result_meta)
         reply = self._complete(
             keys=[
                 self.keys.job(job_id),
@@ -179,6 +201,7 @@ class JobStore:
                 self.keys.outbox,
                 self.keys.stats,
                 self.keys.metrics(owner),
+                *meta_keys,
             ],
             args=[
                 job_id,
@@ -191,6 +214,7 @@ class JobStore:
                 job_ttl_s,
                 duration_sum_field(outcome.op),
                 int(outcome.duration_s * 1000),
+                *meta_args,
                 *outcome_fields(outcome.op, outcome.state, outcome.duration_s),
             ],
         )
@@ -201,6 +225,13 @@ class JobStore:
             self.keys.job(job_id),
             mapping={"progress": json.dumps(progress), "updated_at": now_ms()},
         )
+
+
+def _meta_parts(meta: ResultMeta | None) -> tuple[list[str], list[Any]]:
+    """The script's optional result-meta key, and its two arguments ('' and 0 for none)."""
+    if meta is None:
+        return [], ["", 0]
+    return [meta.key], [meta.value, meta.ttl_s]
 
 
 #: bot:stats counters naming the path that recovered a job.

@@ -23,7 +23,9 @@ class Store:
         self.calls = 0
         self.held_seen: int | None = None
 
-    def complete(self, job_id: str, owner: str, fence: int, outcome: Outcome, ttl: int) -> str:
+    def complete(
+        self, job_id: str, owner: str, fence: int, outcome: Outcome, ttl: int, meta: object = None
+    ) -> str:
         self.calls += 1
         if self.calls <= self.failures:
             raise redis.ConnectionError("redis is down")

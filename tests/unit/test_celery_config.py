@@ -20,8 +20,24 @@ def test_at_least_once_delivery_and_events() -> None:
     assert conf["task_acks_late"] is True
     assert conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1
-    assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
-    assert conf["task_track_started"] is True
+    assert conf["worker_send_task_events"] is True
+    # task-sent costs every producer a publish per job: opt-in
+    assert conf["task_send_sent_event"] is False
+    # STARTED is written by acquire.lua with the record while results share its Redis
+    assert conf["task_track_started"] is False
+
+
+def test_task_events_settings() -> None:
+    assert celery_config(Settings(task_sent_events=True))["task_send_sent_event"] is True
+    quiet = celery_config(Settings(task_events=False, task_sent_events=True))
+    assert quiet["worker_send_task_events"] is False and quiet["task_send_sent_event"] is False
+
+
+def test_celery_tracks_started_when_results_live_elsewhere() -> None:
+    elsewhere = Settings(redis_url="redis://h:1/2", result_url="redis://other:1/3")
+    assert celery_config(elsewhere)["task_track_started"] is True
+    same = Settings(redis_url="redis://h:1/2", result_url="redis://h:1/2")
+    assert celery_config(same)["task_track_started"] is False
 
 
 def test_user_transport_options_merge_over_ours() -> None:

@@ -26,7 +26,14 @@ class Store:
         self.claims: list[str] = []
 
     def acquire(
-        self, delivery: Delivery, owner: str, pid: int, claim: str, *, max_recoveries: int
+        self,
+        delivery: Delivery,
+        owner: str,
+        pid: int,
+        claim: str,
+        *,
+        max_recoveries: int,
+        result_meta: object = None,
     ) -> Acquired:
         self.calls += 1
         self.claims.append(claim)

@@ -4,6 +4,7 @@ KEYS[1]  job record hash            bot:job:{job_id}
 KEYS[2]  new owner's in-flight set  bot:inflight:{instance_id}
 KEYS[3]  recorded owner's lease     bot:lease:{owner} (the new owner's own lease when none)
 KEYS[4]  fleet counters hash        bot:stats
+KEYS[5]  (optional) Celery's result meta key of the job, written with ARGV[16] when taken
 ARGV[1]  job id
 ARGV[2]  new owner (instance id)
 ARGV[3]  owner the caller expects ('' if none)  -- optimistic check: the caller picked KEYS[3]
@@ -24,6 +25,8 @@ ARGV[14] BOT_MAX_RECOVERIES (-1: no bound)
 ARGV[15] payload digest of this delivery ('' if unknown): the first one seen (at submit or
          at the first acquire) binds the job id; a delivery with another op or digest is
          another submission reusing the id, and never runs.
+ARGV[16] Celery's STARTED result meta (JSON) for KEYS[5] ('' when KEYS[5] is absent)
+ARGV[17] seconds that meta lives (0: no expiry)
 
 Returns one of
   {'retry', owner, fence, pid}    not the expected owner/fence: call again with these
@@ -100,6 +103,13 @@ end
 redis.call('HSETNX', job, 'recoveries', 0)
 redis.call('PERSIST', job)
 redis.call('SADD', KEYS[2], ARGV[1])
+if KEYS[5] then
+  if tonumber(ARGV[17]) > 0 then
+    redis.call('SET', KEYS[5], ARGV[16], 'EX', ARGV[17])
+  else
+    redis.call('SET', KEYS[5], ARGV[16])
+  end
+end
 local after = redis.call('HMGET', job, 'recoveries', 'enqueued_at')
 return {exhausted and 'exhausted' or 'acquired', new_fence, attempts, tonumber(after[1]),
   after[2] or '', ARGV[5]}

@@ -5,6 +5,8 @@ KEYS[2]  owner's in-flight set      bot:inflight:{instance_id}
 KEYS[3]  outbox stream              bot:outbox
 KEYS[4]  fleet counters hash        bot:stats
 KEYS[5]  owner's metrics hash       bot:metrics:{instance_id}
+KEYS[6]  (optional) Celery's result meta key of the job: for a final state, ARGV[11] is SET
+         there and PUBLISHed on it (what Celery's Redis backend does; it wakes AsyncResult.get)
 ARGV[1]  job id
 ARGV[2]  owner (instance id)
 ARGV[3]  fence the owner acquired with
@@ -15,7 +17,9 @@ ARGV[7]  now (ms)
 ARGV[8]  seconds the record lives after a final state (BOT_JOB_TTL)
 ARGV[9]  metrics field that sums attempt durations (ms)
 ARGV[10] this attempt's duration (ms)
-ARGV[11..] metrics fields to count one each (outcome by op, duration bucket by op)
+ARGV[11] Celery's result meta (JSON) for KEYS[6] ('' when KEYS[6] is absent)
+ARGV[12] seconds that meta lives (0: no expiry)
+ARGV[13..] metrics fields to count one each (outcome by op, duration bucket by op)
 
 Returns {1, outbox entry id ('' when not final)} or {0} when the fence or owner no longer
 match: the job was recovered elsewhere, this outcome is discarded and counted as lease_lost.
@@ -35,7 +39,7 @@ end
 redis.call('HSET', job, 'state', ARGV[4], 'outcome', ARGV[5], 'updated_at', ARGV[7])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[5], ARGV[9], tonumber(ARGV[10]))
-for i = 11, #ARGV do
+for i = 13, #ARGV do
   redis.call('HINCRBY', KEYS[5], ARGV[i], 1)
 end
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[8]))
@@ -45,4 +49,12 @@ end
 local entry = redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[1], 'report', ARGV[6])
 redis.call('HSET', job, 'finished_at', ARGV[7], 'report_id', entry)
 redis.call('EXPIRE', job, tonumber(ARGV[8]))
+if KEYS[6] then
+  if tonumber(ARGV[12]) > 0 then
+    redis.call('SET', KEYS[6], ARGV[11], 'EX', ARGV[12])
+  else
+    redis.call('SET', KEYS[6], ARGV[11])
+  end
+  redis.call('PUBLISH', KEYS[6], ARGV[11])
+end
 return {1, entry}
