@@ -11,7 +11,7 @@ chord bookkeeping still runs). The meta is what Celery's own `_get_result_meta` 
 backend encodes, so every reader sees what Celery would have written
 (tests/integration/test_celery_meta.py compares the two).
 
-Left to Celery, as before: failures and retries (they carry a traceback, and are rare), jobs
+Left to Celery, as before: eager calls (`apply`, which store nothing), failures and retries (they carry a traceback, and are rare), jobs
 whose caller asked to ignore the result, and messages carrying canvas callbacks, a chain or a
 chord, whose `children` Celery fills in after the body returns.
 """
@@ -33,7 +33,7 @@ def folds(task: Task) -> bool:
     request = task.request
     if not task.app.settings.results_in_job_store:
         return False
-    if request.ignore_result or task.ignore_result:
+    if request.is_eager or request.ignore_result or task.ignore_result:
         return False
     return not (request.callbacks or request.chain or request.chord)
 

@@ -219,3 +219,21 @@ def test_bot_transport_drops_such_an_item_and_reads_on(redis_url: str, item: byt
         received += consume_one(redis_url, TRANSPORT)
     assert received == [{"n": 1}]
     assert redis.Redis.from_url(redis_url).llen("stranded-test") == 0
+
+
+def test_a_channel_reuses_one_redis_client_per_connection_pool(redis_url: str) -> None:
+    """kombu builds a new client for every publish and ack; bot's channel keeps one per pool,
+    and a new one when the pool is replaced (after a reconnect)."""
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+        given = redis.Redis.from_url(redis_url)
+        with channel.conn_or_acquire(given) as passed:
+            assert passed is given
+        channel._pool = None  # what kombu does when it drops its pools
+        with channel.conn_or_acquire() as fresh:
+            assert fresh is not first
+            assert fresh.connection_pool is channel.pool
+        publish(redis_url, TRANSPORT, [{"n": 1}])
+        assert consume_one(redis_url, TRANSPORT) == [{"n": 1}]

@@ -41,8 +41,10 @@ Returns one of
                                   BOT_MAX_RECOVERIES + 1 times
 A 'running' job whose owner is gone is taken over and counts one recovery.
 ]]
+-- One read and one write of the record: each redis.call costs the whole fleet's one Redis.
 local job = KEYS[1]
-local cur = redis.call('HMGET', job, 'state', 'owner', 'fence', 'pid', 'op', 'digest')
+local cur = redis.call('HMGET', job, 'state', 'owner', 'fence', 'pid', 'op', 'digest',
+  'recoveries', 'attempts', 'enqueued_at', 'claim', 'started_at', 'exhausted')
 local state, owner, fence = cur[1] or '', cur[2] or '', cur[3] or '0'
 if owner ~= ARGV[3] or fence ~= ARGV[4] then
   return {'retry', owner, fence, cur[4] or ''}
@@ -59,15 +61,11 @@ if state == 'succeeded' or state == 'failed' or state == 'rejected' or state == 
   redis.call('HINCRBY', KEYS[4], 'duplicates_skipped', 1)
   return {'duplicate', state}
 end
-if state == 'running' and owner == ARGV[2] and ARGV[13] ~= '' then
-  local mine = redis.call('HMGET', job, 'claim', 'attempts', 'recoveries', 'enqueued_at',
-    'started_at', 'exhausted')
-  if mine[1] == ARGV[13] then
-    local verdict = mine[6] == '1' and 'exhausted' or 'acquired'
-    return {verdict, tonumber(fence), tonumber(mine[2]), tonumber(mine[3]), mine[4] or '',
-      mine[5]}
-  end
+if state == 'running' and owner == ARGV[2] and ARGV[13] ~= '' and cur[10] == ARGV[13] then
+  local verdict = cur[12] == '1' and 'exhausted' or 'acquired'
+  return {verdict, tonumber(fence), tonumber(cur[8]), tonumber(cur[7]), cur[9] or '', cur[11]}
 end
+local recoveries = tonumber(cur[7] or '0')
 if state == 'running' then
   local owner_alive = redis.call('EXISTS', KEYS[3]) == 1
   local own_dead_process = owner == ARGV[2] and ARGV[11] == '1'
@@ -76,31 +74,31 @@ if state == 'running' then
     return {'busy', owner}
   end
   -- the previous attempt ended without an outcome (its process or worker died)
-  redis.call('HINCRBY', job, 'recoveries', 1)
+  recoveries = recoveries + 1
   redis.call('HINCRBY', KEYS[4], 'recoveries', 1)
 end
 local max_recoveries = tonumber(ARGV[14])
-local recovered = tonumber(redis.call('HGET', job, 'recoveries') or '0')
-local exhausted = max_recoveries >= 0 and recovered > max_recoveries
-local new_fence = redis.call('HINCRBY', job, 'fence', 1)
-local attempts
-if exhausted then
-  attempts = tonumber(redis.call('HGET', job, 'attempts') or '0')
-else
-  attempts = redis.call('HINCRBY', job, 'attempts', 1)
+local exhausted = max_recoveries >= 0 and recoveries > max_recoveries
+local new_fence = tonumber(fence) + 1
+local attempts = tonumber(cur[8] or '0')
+if not exhausted then
+  attempts = attempts + 1
 end
-redis.call('HSET', job, 'exhausted', exhausted and '1' or '0')
-if ARGV[15] ~= '' then
-  redis.call('HSETNX', job, 'digest', ARGV[15])
-end
-redis.call('HSET', job,
-  'job_id', ARGV[1], 'state', 'running', 'owner', ARGV[2], 'pid', ARGV[10],
+local enqueued = cur[9]
+local fields = {'job_id', ARGV[1], 'state', 'running', 'owner', ARGV[2], 'pid', ARGV[10],
   'op', ARGV[6], 'queue', ARGV[7], 'delivery_tag', ARGV[8], 'message', ARGV[9],
-  'started_at', ARGV[5], 'updated_at', ARGV[5], 'claim', ARGV[13])
-if ARGV[12] ~= '' then
-  redis.call('HSETNX', job, 'enqueued_at', ARGV[12])
+  'started_at', ARGV[5], 'updated_at', ARGV[5], 'claim', ARGV[13], 'fence', new_fence,
+  'attempts', attempts, 'recoveries', recoveries, 'exhausted', exhausted and '1' or '0'}
+if ARGV[15] ~= '' and not cur[6] then
+  table.insert(fields, 'digest')
+  table.insert(fields, ARGV[15])
 end
-redis.call('HSETNX', job, 'recoveries', 0)
+if ARGV[12] ~= '' and not enqueued then
+  enqueued = ARGV[12]
+  table.insert(fields, 'enqueued_at')
+  table.insert(fields, enqueued)
+end
+redis.call('HSET', job, unpack(fields))
 redis.call('PERSIST', job)
 redis.call('SADD', KEYS[2], ARGV[1])
 if KEYS[5] then
@@ -110,6 +108,5 @@ if KEYS[5] then
     redis.call('SET', KEYS[5], ARGV[16])
   end
 end
-local after = redis.call('HMGET', job, 'recoveries', 'enqueued_at')
-return {exhausted and 'exhausted' or 'acquired', new_fence, attempts, tonumber(after[1]),
-  after[2] or '', ARGV[5]}
+return {exhausted and 'exhausted' or 'acquired', new_fence, attempts, recoveries,
+  enqueued or '', ARGV[5]}

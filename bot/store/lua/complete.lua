@@ -36,7 +36,6 @@ if cur[1] ~= ARGV[2] or cur[2] ~= ARGV[3] or cur[3] ~= 'running' then
   redis.call('HINCRBY', KEYS[4], 'lease_lost', 1)
   return {0}
 end
-redis.call('HSET', job, 'state', ARGV[4], 'outcome', ARGV[5], 'updated_at', ARGV[7])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[5], ARGV[9], tonumber(ARGV[10]))
 for i = 13, #ARGV do
@@ -44,10 +43,12 @@ for i = 13, #ARGV do
 end
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[8]))
 if ARGV[6] == '' then
+  redis.call('HSET', job, 'state', ARGV[4], 'outcome', ARGV[5], 'updated_at', ARGV[7])
   return {1, ''}
 end
 local entry = redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[1], 'report', ARGV[6])
-redis.call('HSET', job, 'finished_at', ARGV[7], 'report_id', entry)
+redis.call('HSET', job, 'state', ARGV[4], 'outcome', ARGV[5], 'updated_at', ARGV[7],
+  'finished_at', ARGV[7], 'report_id', entry)
 redis.call('EXPIRE', job, tonumber(ARGV[8]))
 if KEYS[6] then
   if tonumber(ARGV[12]) > 0 then
