@@ -11,9 +11,10 @@ chord bookkeeping still runs). The meta is what Celery's own `_get_result_meta` 
 backend encodes, so every reader sees what Celery would have written
 (tests/integration/test_celery_meta.py compares the two).
 
-Left to Celery, as before: eager calls (`apply`, which store nothing), failures and retries (they carry a traceback, and are rare), jobs
-whose caller asked to ignore the result, and messages carrying canvas callbacks, a chain or a
-chord, whose `children` Celery fills in after the body returns.
+Left to Celery, as before: eager calls (`apply`, which store nothing), failures and retries
+(they carry a traceback, and are rare), jobs whose caller asked to ignore the result, and
+messages carrying canvas callbacks, a chain or a chord, whose `children` Celery fills in after
+the body returns.
 """
 
 from __future__ import annotations

@@ -60,9 +60,11 @@ def test_folded_result_meta_is_what_celery_writes(
     assert ours["worker"].startswith("folded@") and theirs["worker"].startswith("reference@")
     assert (ours["queue"], theirs["queue"]) == ("folded", "reference")
     # the result lives as long as Celery's (result_expires = BOT_JOB_TTL)
-    assert 0 < client.ttl(f"celery-task-meta-{mine.id}") <= client.ttl(
-        f"celery-task-meta-{celerys.id}"
-    ) + 5
+    assert (
+        0
+        < client.ttl(f"celery-task-meta-{mine.id}")
+        <= client.ttl(f"celery-task-meta-{celerys.id}") + 5
+    )
     assert folded.alive() and reference.alive()
 
 
