@@ -15,6 +15,7 @@ from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
 from kombu.utils import json as kombu_json
 from pydantic import BaseModel
+from redis.commands.core import Script
 
 import bot
 from bot.application import BotApp
@@ -24,6 +25,7 @@ from bot.jobs.envelope import job_id_problem, payload_digest
 from bot.jobs.record import JobRecord
 from bot.jobs.reports import FINAL_STATES, ms_to_datetime
 from bot.ops import REGISTRY, check_size
+from bot.store import scripts
 
 #: Seconds between two reads of a job while waiting for it.
 POLL_INTERVAL_S = 0.2
@@ -63,6 +65,7 @@ def _default_app() -> BotApp:
 class Client:
     def __init__(self, app: BotApp | None = None) -> None:
         self.app = app or _default_app()
+        self._claim_script: Script | None = None
 
     def submit(
         self,
@@ -105,22 +108,13 @@ class Client:
         the id exists."""
         if job_id is None:
             return True
-        key = self.app.keys.job(job_id)
-        client = self.app.redis()
-        if not client.hsetnx(key, "state", "queued"):
-            return False
-        client.hset(
-            key,
-            mapping={
-                "job_id": job_id,
-                "op": op,
-                "queue": queue,
-                "digest": digest,
-                "enqueued_at": now_ms(),
-            },
+        if self._claim_script is None:
+            self._claim_script = scripts.register(self.app.redis(), "claim_id")
+        created = self._claim_script(
+            keys=[self.app.keys.job(job_id)],
+            args=[job_id, op, queue, digest, now_ms(), self.app.settings.job_ttl],
         )
-        client.expire(key, self.app.settings.job_ttl)
-        return True
+        return bool(created)
 
     def status(self, job_id: str) -> JobStatus:
         record = self.app.job_store().read(job_id)
