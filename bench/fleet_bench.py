@@ -163,15 +163,19 @@ def processes_of(worker: WorkerProcess) -> list[psutil.Process]:
     return [main, *main.children(recursive=True)]
 
 
-def cpu_seconds(worker: WorkerProcess) -> float:
-    total = 0.0
+def cpu_seconds(worker: WorkerProcess) -> tuple[float, float]:
+    """CPU seconds of the worker's main process, and of its pool children together."""
+    main, children = 0.0, 0.0
     for process in processes_of(worker):
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
-    return total
+        if process.pid == worker.pid:
+            main += times.user + times.system
+        else:
+            children += times.user + times.system
+    return main, children
 
 
 def redis_cpu_seconds(client: redis.Redis) -> float:
@@ -255,7 +259,9 @@ def drain(rig: Rig, setup: Setup, worker: WorkerProcess, queued: int) -> dict[st
     }
     return {
         "drain": jobs / (finished - started),
-        "worker_cpu_us": (cpu1 - cpu0) / jobs * 1e6,
+        "worker_cpu_us": (sum(cpu1) - sum(cpu0)) / jobs * 1e6,
+        "main_cpu_us": (cpu1[0] - cpu0[0]) / jobs * 1e6,
+        "children_cpu_us": (cpu1[1] - cpu0[1]) / jobs * 1e6,
         "redis_cpu_us": (redis1 - redis0) / jobs * 1e6,
         "commands": {k: v for k, v in per_command.items() if v[0] > 0.001},
     }
@@ -363,6 +369,21 @@ def ratios(results: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def cpu_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Where each job's CPU goes while draining: the worker's main process (messages, acks,
+    events), its pool children (the job), and Redis."""
+    lines = [
+        "| worker | main process µs/job | pool children µs/job | Redis µs/job | total µs/job |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for setup in SETUPS:
+        row = results[setup.key]
+        parts = (row["main_cpu_us"], row["children_cpu_us"], row["redis_cpu_us"])
+        cells = " | ".join(f"{value:,.0f}" for value in (*parts, sum(parts)))
+        lines.append(f"| {setup.name} | {cells} |")
+    return lines
+
+
 def commands_table(results: dict[str, dict[str, Any]]) -> list[str]:
     """Redis commands per job and their cost, bot op against stock with events."""
     lines = [
@@ -394,6 +415,10 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, seconds
         f"jobs/s, with a caller's job id {results['bot_op']['submit_id']:,.0f} jobs/s.",
         "",
         *ratios(results),
+        "",
+        "CPU per job while draining, by process:",
+        "",
+        *cpu_table(results),
         "",
         "Redis commands per job while draining (bot op against stock + results + events):",
         "",
@@ -454,7 +479,8 @@ def table_subset(results: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _brief(row: dict[str, Any]) -> str:
-    keys = ("drain", "e2e", "send_task", "submit", "p50", "p99", "pss", "worker_cpu_us")
+    keys = ("drain", "e2e", "send_task", "submit", "p50", "p99", "pss", "main_cpu_us")
+    keys = (*keys, "children_cpu_us")
     return ", ".join(f"{k} {row[k]:.1f}" for k in (*keys, "redis_cpu_us") if k in row)
 
 
