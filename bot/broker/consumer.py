@@ -58,7 +58,7 @@ class GuardedConsumer(Consumer):
     def shutdown(self) -> None:
         """Publish the events still waiting for their batch, then Celery's shutdown."""
         try:
-            self._flush_events()
+            self._flush_event_batch()
         except Exception as exc:  # a Redis that went away: the events are Flower's, not jobs
             logger.warning("task events not published at shutdown: %s", exc)
         super().shutdown()

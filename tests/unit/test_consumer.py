@@ -69,3 +69,66 @@ def test_a_connection_error_propagates_for_celery_to_reconnect(
     with pytest.raises(ConnectionError):
         handle(message)
     assert message.acks == 0
+
+
+class Hub:
+    """The event loop's scheduling calls, recorded; `run()` does what is due."""
+
+    def __init__(self) -> None:
+        self.soon: list[Any] = []
+        self.later: list[tuple[float, Any]] = []
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.soon.append(callback)
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> None:
+        self.later.append((delay, callback))
+
+    def run_soon(self) -> None:
+        pending, self.soon = self.soon, []
+        for callback in pending:
+            callback()
+
+    def fire_timers(self) -> None:
+        pending, self.later = self.later, []
+        for _, callback in pending:
+            callback()
+
+
+def batching_consumer() -> tuple[GuardedConsumer, Hub, list[str]]:
+    consumer = object.__new__(GuardedConsumer)  # no broker: only the event batching is tested
+    hub, flushed = Hub(), []
+    consumer.hub = hub
+    consumer._flush_events = lambda: flushed.append("flush")  # type: ignore[method-assign]
+    return consumer, hub, flushed
+
+
+def test_task_events_are_flushed_once_per_batch_window() -> None:
+    """Celery asks for a flush after each buffered event; the consumer flushes once per window."""
+    from bot.broker.consumer import EVENT_BATCH_WINDOW_S
+
+    consumer, hub, flushed = batching_consumer()
+
+    for _ in range(3):  # received, started, succeeded
+        consumer.on_send_event_buffered()
+    hub.run_soon()
+
+    assert [delay for delay, _ in hub.later] == [EVENT_BATCH_WINDOW_S]
+    assert flushed == []
+    hub.fire_timers()
+    assert flushed == ["flush"]
+    # the next event opens the next window
+    consumer.on_send_event_buffered()
+    hub.run_soon()
+    assert len(hub.later) == 1
+
+
+def test_waiting_events_are_published_at_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer, hub, flushed = batching_consumer()
+    monkeypatch.setattr(Consumer, "shutdown", lambda self: flushed.append("celery's shutdown"))
+
+    consumer.on_send_event_buffered()
+    hub.run_soon()
+    consumer.shutdown()
+
+    assert flushed == ["flush", "celery's shutdown"]
