@@ -1,4 +1,4 @@
-"""What `import bot` may import: a worker's memory.
+"""What `import bot` may import, and the GC freeze before the pool forks: a worker's memory.
 
 `celery -A bot worker` imports bot in its main process before the prefork pool forks, so every
 module it imports is in every pool child too. The libraries only some worker processes use are
@@ -69,3 +69,24 @@ def test_the_modules_a_worker_process_loads_leave_out_the_http_sink() -> None:
     assert "bot.outbox.sinks" not in imported
     assert "bot.observe.metrics" not in imported
     assert "httpx" not in imported
+
+
+def test_the_worker_freezes_start_up_objects_once_before_the_pool_forks() -> None:
+    # AsynPool sends worker_before_create_process before each fork; only the first freezes
+    # (a later one would freeze requests in flight out of the main process's collections).
+    counts = run_json(
+        "import gc, json\n"
+        "from celery import signals\n"
+        "import bot\n"
+        "before = gc.get_freeze_count()\n"
+        "signals.worker_before_create_process.send(sender=None)\n"
+        "first = gc.get_freeze_count()\n"
+        "later = [[] for _ in range(1000)]\n"
+        "signals.worker_before_create_process.send(sender=None)\n"
+        "print(json.dumps([before, first, gc.get_freeze_count()]))\n"
+    )
+    assert isinstance(counts, list)
+    before, first, second = counts
+    assert before == 0
+    assert first > 10_000  # modules, the app, the ops: start-up
+    assert second == first
