@@ -34,7 +34,7 @@ from bot.fleet.identity import Identity
 from bot.fleet.lifecycle import Lifecycle, State
 from bot.fleet.records import WorkerRecords, op_schemas
 from bot.ops import REGISTRY
-from bot.outbox.sinks import is_sink_breaker
+from bot.outbox.delivery import is_sink_breaker
 from bot.runtime import worker_state as worker_info
 from bot.store.connect import UNREACHABLE, connect
 from config.settings import Settings, redact_url

@@ -1,6 +1,9 @@
 """The long-running services the fleet step starts in every worker besides its heartbeat: the
 reaper with the unheld-job audit (every BOT_REAPER_INTERVAL), the outbox relay (when
-BOT_REPORT_URL is set) and the /metrics server (when BOT_METRICS_PORT is set).
+BOT_REPORT_URL is set) and the /metrics server (when BOT_METRICS_PORT is set). The last two
+import their libraries (httpx, prometheus_client) only when they are configured: `import bot`,
+which every worker process and client does, must not pay for them
+(tests/unit/test_import_discipline.py).
 
 A service is any object with `start()` and `stop()`; a `ServiceFactory` builds one from a
 `FleetContext`. A service that is not configured is a `Disabled` one, so the step's service
@@ -24,9 +27,7 @@ from typing import Any, Protocol
 from bot.base.loop import Loop
 from bot.fleet.identity import Identity
 from bot.fleet.lifecycle import Lifecycle
-from bot.observe.metrics import serve
 from bot.outbox.relay import Relay
-from bot.outbox.sinks import HttpSink
 from bot.recovery.reaper import Reaper
 from bot.recovery.unheld_audit import UnheldAudit
 from bot.runtime import worker_state
@@ -116,6 +117,10 @@ def relay_service(context: FleetContext) -> Service:
     settings = context.settings
     if not settings.report_url:
         return Disabled("outbox relay", "BOT_REPORT_URL not set")
+    # Lazy: the HTTP sink brings httpx (httpcore, h11, anyio, rich ...), several MiB in every
+    # worker process, pool children included; only a worker with a sink to deliver to pays it.
+    from bot.outbox.sinks import HttpSink
+
     relay = Relay.from_settings(
         settings,
         context.app.redis(),
@@ -136,6 +141,9 @@ class MetricsServer:
         self._server: Any = None
 
     def start(self) -> None:
+        # Lazy: prometheus_client is imported only by a worker that serves /metrics.
+        from bot.observe.metrics import serve
+
         settings = self.context.settings
         self._server = serve(
             self.context.app, self.port, lambda: RUNTIME.instance_id, settings.metrics_addr

@@ -36,8 +36,8 @@ from bot.base.backoff import full_jitter
 from bot.base.breaker import BreakerState, CircuitBreaker
 from bot.base.loop import Loop
 from bot.jobs.envelope import printable
+from bot.outbox.delivery import DeliveryFailed, DeliveryRejected, Sink, breaker_name
 from bot.outbox.relay_config import RelayConfig
-from bot.outbox.sinks import DeliveryFailed, DeliveryRejected, Sink, breaker_name
 from bot.outbox.stream import Entry, Outbox
 from bot.store.keys import Keys
 from config.settings import Settings

@@ -1,10 +1,9 @@
-"""Report sinks the relay delivers to. Built in: the HTTP sink (`BOT_REPORT_URL`).
+"""The built-in report sink: HTTP (`BOT_REPORT_URL`). What a sink is (the `Sink` protocol,
+`DeliveryFailed`, `DeliveryRejected`, its breaker's name): bot/outbox/delivery.py.
 
-A sink has a `name` (its consumer group on the outbox), `check(job_id, report_json)`, which
-raises `DeliveryRejected` for a report no request could carry (called before the relay asks its
-breaker), and `deliver(job_id, report_json)`, which returns on success and raises
-`DeliveryFailed` (transient: retried with backoff, counted by the breaker) or `DeliveryRejected`
-(about that one report: dead-lettered at once, not counted against the sink).
+This module imports httpx (and through it httpcore, h11, anyio and httpx's own CLI's rich and
+pygments): only a process that delivers reports imports it (bot/fleet/services.py, when
+BOT_REPORT_URL is set; `python -m bot.cli.relay`).
 
 The HTTP sink POSTs the report JSON with `Authorization: Bearer <BOT_REPORT_TOKEN>` and
 `Idempotency-Key: <job_id>`, so a receiver can drop the duplicates at-least-once delivery may
@@ -24,12 +23,12 @@ import logging
 import re
 import time
 import urllib.request
-from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from bot.jobs.envelope import printable
+from bot.outbox.delivery import DeliveryFailed, DeliveryRejected
 from bot.outbox.http_deadline import DeadlineTransport
 from bot.outbox.stream import HTTP_GROUP
 from config.settings import Settings
@@ -55,39 +54,6 @@ _HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
 #: instead of dead-lettering them all: 401/403/407 (credentials), 404/405/421 (the URL),
 #: 408/429 (the moment).
 _TRANSIENT_4XX = frozenset({401, 403, 404, 405, 407, 408, 421, 429})
-
-
-class DeliveryFailed(Exception):
-    """A failed attempt; the entry stays pending and is retried with backoff."""
-
-
-class DeliveryRejected(Exception):
-    """This report can never be delivered as it is (it cannot be sent as a valid request, or
-    the receiver refused it with a 4xx): dead-lettered at once; says nothing about the sink."""
-
-
-class Sink(Protocol):
-    name: str
-
-    def check(self, job_id: str, report_json: str) -> None: ...
-
-    def deliver(self, job_id: str, report_json: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-#: The prefix of a sink breaker's name (`sink:http`), in the worker record and
-#: `bot_breaker_state`; a sink breaker that is not closed makes the worker DEGRADED.
-_SINK_BREAKER_PREFIX = "sink:"
-
-
-def breaker_name(sink_name: str) -> str:
-    """The name of the circuit breaker guarding the sink `sink_name`."""
-    return f"{_SINK_BREAKER_PREFIX}{sink_name}"
-
-
-def is_sink_breaker(name: str) -> bool:
-    return name.startswith(_SINK_BREAKER_PREFIX)
 
 
 def redact_http_url(url: str) -> str:

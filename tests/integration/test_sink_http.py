@@ -10,7 +10,8 @@ import tracemalloc
 
 import pytest
 
-from bot.outbox.sinks import MAX_RESPONSE_BYTES, DeliveryFailed, DeliveryRejected, HttpSink
+from bot.outbox.delivery import DeliveryFailed, DeliveryRejected
+from bot.outbox.sinks import MAX_RESPONSE_BYTES, HttpSink
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import fakeredis
 import pytest
 
 from bot.base.breaker import BreakerState
+from bot.outbox.delivery import DeliveryFailed, DeliveryRejected
 from bot.outbox.relay import Relay
 from bot.outbox.relay_config import RelayConfig
-from bot.outbox.sinks import DeliveryFailed, DeliveryRejected
 from bot.outbox.stream import Outbox
 from bot.store.keys import Keys
 

@@ -10,14 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bot.outbox.sinks import (
-    MAX_RESPONSE_BYTES,
-    DeliveryFailed,
-    DeliveryRejected,
-    HttpSink,
-    env_proxy,
-    redact_http_url,
-)
+from bot.outbox.delivery import DeliveryFailed, DeliveryRejected
+from bot.outbox.sinks import MAX_RESPONSE_BYTES, HttpSink, env_proxy, redact_http_url
 
 TOKEN = "s3cret-token"
 
