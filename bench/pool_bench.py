@@ -18,14 +18,16 @@ in that span:
 Then the PSS of all the worker's processes (main process and pool children), warm; and the
 longest gap between two heartbeats seen during the batches (the heartbeat is a thread of the
 worker's main process, every 0.5 s here). CPU and PSS are summed over every process of the
-worker (psutil). One run, about 1.5 minutes on two cores with the defaults.
+worker (psutil). One run takes about 1.5 minutes on two cores with the defaults; with
+`--runs N` the rows alternate in order and each figure is the median of N runs.
 
-    python bench/pool_bench.py [--jobs 1000] [--sleep-ms 20] [--only threads] ...
+    python bench/pool_bench.py [--runs 1] [--jobs 1000] [--sleep-ms 20] [--only threads] ...
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -173,6 +175,17 @@ def measure(rig: Rig, pool: Pool, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the runs."""
+    out: dict[str, Any] = {}
+    for key, value in rows[0].items():
+        if isinstance(value, dict):
+            out[key] = median_row([row[key] for row in rows])
+        else:
+            out[key] = statistics.median(row[key] for row in rows)
+    return out
+
+
 def table(results: dict[str, dict[str, Any]], pools: list[Pool], args: argparse.Namespace) -> str:
     lines = [
         f"| worker | I/O op {args.sleep_ms:g} ms: jobs/s | CPU µs/job | "
@@ -193,6 +206,7 @@ def table(results: dict[str, dict[str, Any]], pools: list[Pool], args: argparse.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1, help="median of this many runs")
     parser.add_argument("--jobs", type=int, default=1000, help="I/O op and overhead op jobs")
     parser.add_argument("--sleep-ms", type=float, default=20.0)
     parser.add_argument("--slow-jobs", type=int, default=120)
@@ -203,18 +217,20 @@ def main() -> None:
     args = parser.parse_args()
     pools = [p for p in POOLS if args.only in p.key]
     started = time.monotonic()
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {pool.key: [] for pool in pools}
     with private_redis() as (server, tmp):
         rig = Rig(server, tmp)
-        for pool in pools:
-            results[pool.key] = measure(rig, pool, args)
-            print(f"{pool.name}: {results[pool.key]}", flush=True)
+        for run in range(args.runs):
+            for pool in pools if run % 2 == 0 else reversed(pools):
+                runs[pool.key].append(measure(rig, pool, args))
+                print(f"run {run + 1}: {pool.name}: {runs[pool.key][-1]}", flush=True)
+    results = {key: median_row(rows) for key, rows in runs.items()}
     minutes = (time.monotonic() - started) / 60
     print(
         f"\n{psutil.cpu_count()} cores, a private redis-server without AOF, `-l info`, "
         f"heartbeat every {HEARTBEAT_S} s; {args.jobs} jobs of the I/O and overhead ops, "
         f"{args.slow_jobs} of the slow I/O op, {args.cpu_jobs} of the CPU op; "
-        f"{minutes:.1f} min.\n"
+        f"median of {args.runs} run(s), {minutes:.1f} min.\n"
     )
     print(table(results, pools, args))
 
