@@ -3,6 +3,8 @@
 - `ops.bench_incr`: a real bot op (lease, validation, outbox report, results, events).
 - `bench.incr`: the same body as a plain Celery task on bot's app (bot's config, no lifecycle).
 - `ops.bench_io`: an I/O-bound op (sleeps, then counts), for the pool comparison.
+- `ops.bench_cpu`: a CPU-bound op (spins in Python for `cpu_ms` of its thread's CPU time,
+  holding the GIL as pure-Python work does, then counts), for the pool comparison.
 
 Loaded into a worker through `BOT_OPS_MODULES=bench.bench_ops`; the counter lives on the Redis
 named by `BENCH_COUNTER_URL`.
@@ -41,6 +43,17 @@ def bench_incr(n: int = 0) -> int:
 def bench_io(n: int = 0, sleep_ms: float = 20.0) -> int:
     """Wait on 'I/O' for `sleep_ms`, then count one job done."""
     time.sleep(sleep_ms / 1000)
+    return int(counter().incr(COUNTER_KEY))
+
+
+@op("bench_cpu")
+def bench_cpu(n: int = 0, cpu_ms: float = 5.0) -> int:
+    """Compute for `cpu_ms` of this thread's CPU time, then count one job done."""
+    until = time.thread_time() + cpu_ms / 1000
+    x = 0
+    while time.thread_time() < until:
+        for i in range(1000):
+            x ^= i
     return int(counter().incr(COUNTER_KEY))
 
 

@@ -28,6 +28,9 @@ from config.celery_config import celery_config
 from config.logging_setup import configure_logging
 from config.settings import Settings
 
+#: A process's (pid, client for bot's keys, job store on that client).
+BotConnection = tuple[int, redis.Redis, JobStore]
+
 
 class BotApp(Celery):
     """A Celery app that also knows bot's settings, keys and (per process) Redis client."""
@@ -37,26 +40,30 @@ class BotApp(Celery):
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.conf.update(celery_config(settings))
-        self._redis: redis.Redis | None = None
-        self._store: JobStore | None = None
-        self._pid = 0
+        #: (pid, client, job store) of this process, replaced as one value: pool threads
+        #: (`-P threads`) call redis() and job_store() at once, and a forked child makes its own.
+        self._bot_redis: BotConnection | None = None
         #: The fleet step's service factories (`install_fleet(app, services=...)`); None: the
         #: DEFAULT_SERVICES of bot/fleet/services.py when the worker starts.
         self.fleet_services: Sequence[Callable[[Any], Any]] | None = None
 
     def redis(self) -> redis.Redis:
         """This process's client for bot's own keys (a forked pool child makes its own)."""
-        if self._redis is None or self._pid != os.getpid():
-            self._redis = connect(self.settings)
-            self._store = None
-            self._pid = os.getpid()
-        return self._redis
+        return self._bot_connection()[1]
 
     def job_store(self) -> JobStore:
-        client = self.redis()
-        if self._store is None:
-            self._store = JobStore(client, self.keys)
-        return self._store
+        return self._bot_connection()[2]
+
+    def _bot_connection(self) -> BotConnection:
+        # Thread-safe without a lock (a lock held by another thread at fork would stay held
+        # in the child): threads racing here each build a client, the last one stays, and
+        # every caller gets a client and a store that belong together, never None.
+        current = self._bot_redis
+        if current is None or current[0] != os.getpid():
+            client = connect(self.settings)
+            current = (os.getpid(), client, JobStore(client, self.keys))
+            self._bot_redis = current
+        return current
 
 
 def register_op(app: BotApp, spec: OpSpec) -> None:

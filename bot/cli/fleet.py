@@ -27,6 +27,15 @@ def _registry() -> WorkerRecords:
     )
 
 
+def pool_cell(record: dict[str, str]) -> str:
+    """The pool size, with the pool's kind unless it is prefork: `8 threads`."""
+    size = record.get("pool", "-")
+    kind = record.get("pool_kind", "").rsplit(".", 1)[-1]
+    if kind in ("", "?", "prefork"):
+        return size
+    return f"{size} {'threads' if kind == 'thread' else kind}"
+
+
 def _row(view: WorkerView, now: float) -> tuple[str, ...]:
     record = view.record
     age = view.heartbeat_age_s(now)
@@ -35,7 +44,7 @@ def _row(view: WorkerView, now: float) -> tuple[str, ...]:
         view.instance_id,
         record.get("host", "-"),
         view.state,
-        record.get("pool", "-"),
+        pool_cell(record),
         record.get("in_flight", "-"),
         record.get("done", "-"),
         record.get("failed", "-"),

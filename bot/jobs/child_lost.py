@@ -15,16 +15,31 @@ with its report, fenced on this owner, the child's pid and the fence), so it is 
 `running` under this live worker. If Redis is unreachable at that moment, the worker's claim
 audit (bot/recovery/unheld_audit.py) hands the job back later instead, and it runs again.
 
+Under the threads pool (`-P threads`) there is no child to lose: a job runs in a pool thread of
+the worker's main process, and the pid a job records is the worker's own. An op that raises
+`SystemExit` or `KeyboardInterrupt` (`sys.exit()` in op code) is what a lost child is there:
+Celery's `apply_target` turns it into a `WorkerLostError` and hands that to the request's
+*success* callback, whose unpacking fails in the pool thread; the request then never ends, its
+message stays unacked (and renewed by every heartbeat) and the job stays `running` for good.
+`OpRequest` routes that call to `on_failure`, so the job is handed back, requeued and bounded
+by BOT_MAX_RECOVERIES, as under prefork. A process-wide crash (`os._exit`, a segfault) takes
+every job of a threads worker with it; the reaper hands them all back after the lease TTL.
+Time limits (`time_limit`, `soft_time_limit`) are enforced by the prefork pool only: a job
+that carries one and runs in the worker's own process gets a warning line saying so.
+
 `OpTask.Request` names this class (Celery's documented custom-request hook).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-from billiard.einfo import ExceptionWithTraceback
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
@@ -52,8 +67,31 @@ def child_was_lost(request: Request, exc: BaseException) -> bool:
     return not (request._already_cancelled or request._already_revoked)
 
 
+def lost_thread_to_failure(on_success: Callable[..., Any]) -> Callable[..., Any]:
+    """`on_success` that sends the threads pool's lost-worker call (an `ExceptionInfo` of a
+    `WorkerLostError` instead of Celery's `(failed, retval, runtime)`) to `on_failure`."""
+
+    @functools.wraps(on_success)
+    def wrapper(self: Request, failed__retval__runtime: Any, **kwargs: Any) -> Any:
+        if isinstance(failed__retval__runtime, ExceptionInfo):
+            return self.on_failure(failed__retval__runtime)
+        return on_success(self, failed__retval__runtime, **kwargs)
+
+    return wrapper
+
+
 class OpRequest(Request):
     """Celery's request, plus handing the job back when its pool child was lost."""
+
+    on_success = lost_thread_to_failure(Request.on_success)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Celery's strategy subclasses this class for each task (`create_request_cls`) with an
+        # `on_success` of its own: wrap that one too.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("on_success")
+        if own is not None:
+            cls.on_success = lost_thread_to_failure(own)
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -64,10 +102,33 @@ class OpRequest(Request):
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok
         )
 
+    def on_accepted(self, pid: int, time_accepted: float) -> None:
+        super().on_accepted(pid, time_accepted)
+        if pid == os.getpid():  # run in this process: the threads (or solo) pool
+            warn_time_limit_not_enforced(self)
+
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if not soft:
             end_timed_out(self.task.app, self.id, self.worker_pid, timeout)
         super().on_timeout(soft, timeout)
+
+
+def warn_time_limit_not_enforced(request: Request) -> bool:
+    """Say so when a job that runs in the worker's own process has a time limit: only the
+    prefork pool enforces them (Celery's threads pool ignores both, silently)."""
+    hard, soft = request.time_limits
+    hard = hard or request.task.time_limit
+    soft = soft or request.task.soft_time_limit
+    if not (hard or soft):
+        return False
+    logger.warning(
+        "job %s: time limit (hard %s, soft %s) not enforced: this pool runs jobs in the worker's "
+        "own process; use the prefork pool for time limits",
+        request.id,
+        hard,
+        soft,
+    )
+    return True
 
 
 def hand_back(app: AppPort, job_id: str, pid: int | None) -> bool:
@@ -85,11 +146,10 @@ def hand_back(app: AppPort, job_id: str, pid: int | None) -> bool:
         logger.error("job %s: pool child lost and Redis unreachable (%s)", job_id, exc)
         return False
     if requeued is not None:
+        # Under the threads pool the job ran in this very process: its thread was "lost".
+        lost = "its pool thread" if pid == os.getpid() else f"pool child {pid}"
         logger.warning(
-            "job %s: pool child %s lost; handed back (recovery %d)",
-            job_id,
-            pid,
-            requeued.recoveries,
+            "job %s: %s lost; handed back (recovery %d)", job_id, lost, requeued.recoveries
         )
     return requeued is not None
 

@@ -4,13 +4,19 @@ Stored on the job record, in Celery's result backend (state PROGRESS), and sent 
 task event. Flower 2.2 shows a custom event as the task's state but not its extra fields, so
 the event carries a readable summary in the standard `result` field. Updates are throttled;
 the last step is always sent.
+
+The binding of the running job is per thread: under the threads pool (`-P threads`) several
+jobs run at once in one process, each op body in its own pool thread, and each `progress()`
+call must reach the job of the thread that makes it (a process-wide binding sent one job's
+progress to another op's task object, whose request in this thread has no id, and let one
+job's `unbind` silence the others).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -21,8 +27,9 @@ PROGRESS_STATE = "PROGRESS"
 PROGRESS_EVENT = "task-progress"
 
 
-@dataclass
-class _Current:
+class _Current(threading.local):
+    """The job running in this thread (prefork: the pool child's one thread)."""
+
     task: Any = None
     last_sent: float = 0.0
 

@@ -1,4 +1,5 @@
-"""Fault-test ops: `touch` counts how often its body really ran; `crash` kills its pool child.
+"""Fault-test ops: `touch` counts how often its body really ran; `crash` kills its pool child
+(or raises SystemExit).
 
 Both count each execution of their body in Redis (`Keys.fault_touches(job_id)`), so a test
 can tell "the job ended once" (one report) from "its body ran once" (one touch).
@@ -12,7 +13,9 @@ for in-process apps.
 from __future__ import annotations
 
 import os
+import sys
 import time
+from typing import Literal
 
 from celery import current_app, current_task
 from pydantic import BaseModel, Field
@@ -59,12 +62,19 @@ class CrashPayload(BaseModel):
         -1, ge=-1, description="Crash on the first `times` executions; -1: always (a poison job)."
     )
     exit_code: int = Field(1, ge=0, le=255)
+    how: Literal["os_exit", "sys_exit"] = Field(
+        "os_exit",
+        description="os._exit (the whole process dies) or sys.exit (SystemExit from the op).",
+    )
 
 
 @op("crash")
 def crash(payload: CrashPayload) -> dict[str, int]:
-    """Kill the pool child running this job with os._exit (no cleanup, no outcome)."""
+    """Kill the pool child running this job with os._exit (no cleanup, no outcome), or raise
+    SystemExit from the op body (`how=sys_exit`: under the threads pool, only its thread)."""
     count = touch_count()
     if payload.times < 0 or count <= payload.times:
+        if payload.how == "sys_exit":
+            sys.exit(payload.exit_code)
         os._exit(payload.exit_code)
     return {"executions": count}
