@@ -77,6 +77,12 @@ class Setup:
 SETUPS = [
     Setup("stock Celery 5.7, defaults", "stock", "stock.incr", stock_conf={}),
     Setup(
+        "stock + results, acks_late, prefetch 1",
+        "stock_reliable",
+        "stock.incr",
+        stock_conf=STOCK_RELIABLE,
+    ),
+    Setup(
         "stock + results, acks_late, prefetch 1, events (-E)",
         "stock_events",
         "stock.incr",
@@ -93,6 +99,8 @@ SETUPS = [
         op="bench_incr",
     ),
 ]
+
+SETUP_BY_KEY = {setup.key: setup for setup in SETUPS}
 
 
 class Rig:
@@ -345,6 +353,11 @@ def ratios(results: dict[str, dict[str, Any]]) -> list[str]:
         ("end-to-end, bot op / stock + results + events", bot["e2e"] / events["e2e"], "≥ 1.0"),
         ("end-to-end, bot op / stock defaults", bot["e2e"] / stock["e2e"], "≥ 0.8"),
         ("end-to-end, bot op without events / stock defaults", quiet["e2e"] / stock["e2e"], ""),
+        (
+            "end-to-end, bot op without events / stock + results, acks_late, prefetch 1",
+            quiet["e2e"] / results["stock_reliable"]["e2e"],
+            "",
+        ),
         ("enqueue, Client.submit / stock", bot["submit"] / stock["send_task"], "≥ 0.9"),
         ("enqueue, send_task on bot's app / stock", bot["send_task"] / stock["send_task"], "≥ 0.9"),
         ("enqueue, Client.submit with a job id / stock", bot["submit_id"] / stock["send_task"], ""),
@@ -456,7 +469,7 @@ def main() -> None:
     with private_redis() as (server, tmp):
         rig = Rig(server, tmp)
         if args.profile:
-            profiling.profile_bot_op(rig, SETUPS[3], args.jobs)
+            profiling.profile_bot_op(rig, SETUP_BY_KEY["bot_op"], args.jobs)
             return
         setups = [s for s in SETUPS if args.only in s.key]
         runs: dict[str, list[dict[str, Any]]] = {s.key: [] for s in setups}
