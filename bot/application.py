@@ -75,6 +75,8 @@ def register_op(app: BotApp, spec: OpSpec) -> None:
         max_retries=spec.max_retries,
         queue=spec.queue,
         shared=False,
+        # STARTED is written with the job record by acquire.lua (bot/jobs/celery_meta.py)
+        track_started=not app.settings.results_in_job_store,
     )(run_op)
 
 

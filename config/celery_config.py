@@ -56,9 +56,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        # STARTED: written by bot's acquire script when results share the job store's Redis
-        # (bot/jobs/celery_meta.py), by Celery otherwise.
-        "task_track_started": not settings.results_in_job_store,
+        # Op tasks override it: their STARTED is written by bot's acquire script when results
+        # share the job store's Redis (bot/jobs/celery_meta.py, bot.application.register_op).
+        "task_track_started": True,
         "task_send_sent_event": settings.task_events and settings.task_sent_events,
         "worker_send_task_events": settings.task_events,
         "result_extended": True,

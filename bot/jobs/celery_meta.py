@@ -29,14 +29,19 @@ from kombu.utils.encoding import bytes_to_str
 from bot.jobs.store import ResultMeta
 
 
-def folds(task: Task) -> bool:
-    """Whether bot's scripts write this job's STARTED and SUCCESS meta instead of Celery."""
+def writes_started(task: Task) -> bool:
+    """Whether acquire.lua writes this job's STARTED meta (op tasks then do not track it
+    themselves: `track_started` is off for them, bot.application.register_op)."""
     request = task.request
     if not task.app.settings.results_in_job_store:
         return False
-    if request.is_eager or request.ignore_result or task.ignore_result:
-        return False
-    return not (request.callbacks or request.chain or request.chord)
+    return not (request.is_eager or request.ignore_result or task.ignore_result)
+
+
+def folds(task: Task) -> bool:
+    """Whether complete.lua writes this job's SUCCESS meta instead of Celery."""
+    request = task.request
+    return writes_started(task) and not (request.callbacks or request.chain or request.chord)
 
 
 def started(task: Task) -> ResultMeta | None:

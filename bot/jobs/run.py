@@ -106,7 +106,7 @@ def bind_positional(spec: OpSpec, args: tuple[Any, ...], payload: dict[str, Any]
 def guard(task: OpTask, delivery: Delivery) -> Attempt:
     """Acquire the job for this worker, or stop this delivery without running it."""
     # Celery's STARTED meta is written with the record, in one step (None: Celery writes it)
-    started_meta = celery_meta.started(task) if celery_meta.folds(task) else None
+    started_meta = celery_meta.started(task) if celery_meta.writes_started(task) else None
     verdict = acquire_or_requeue(task, delivery, started_meta)
     if isinstance(verdict, Skipped):
         log = logger.warning if verdict.reason == "reused" else logger.info

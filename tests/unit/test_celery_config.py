@@ -23,8 +23,7 @@ def test_at_least_once_delivery_and_events() -> None:
     assert conf["worker_send_task_events"] is True
     # task-sent costs every producer a publish per job: opt-in
     assert conf["task_send_sent_event"] is False
-    # STARTED is written by acquire.lua with the record while results share its Redis
-    assert conf["task_track_started"] is False
+    assert conf["task_track_started"] is True  # op tasks override it (test_results.py)
 
 
 def test_task_events_settings() -> None:
@@ -33,11 +32,16 @@ def test_task_events_settings() -> None:
     assert quiet["worker_send_task_events"] is False and quiet["task_send_sent_event"] is False
 
 
-def test_celery_tracks_started_when_results_live_elsewhere() -> None:
-    elsewhere = Settings(redis_url="redis://h:1/2", result_url="redis://other:1/3")
-    assert celery_config(elsewhere)["task_track_started"] is True
-    same = Settings(redis_url="redis://h:1/2", result_url="redis://h:1/2")
-    assert celery_config(same)["task_track_started"] is False
+def test_op_tasks_leave_started_to_acquire_while_results_share_its_redis() -> None:
+    from bot.application import create_app
+
+    same = create_app(Settings(redis_url="redis://h:1/2", result_url="redis://h:1/2"), fleet=False)
+    elsewhere = create_app(
+        Settings(redis_url="redis://h:1/2", result_url="redis://other:1/3"), fleet=False
+    )
+    assert same.tasks["ops.sum"].track_started is False
+    assert elsewhere.tasks["ops.sum"].track_started is True
+    assert same.conf.task_track_started is True  # plain tasks on bot's app: Celery writes it
 
 
 def test_user_transport_options_merge_over_ours() -> None:
