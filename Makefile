@@ -8,7 +8,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: fleet test lint unit bench mutate
+.PHONY: fleet test lint unit bench profile mutate
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,14 @@ test: lint
 mutate: $(INSTALLED)
 	$(BIN)/python -m tests.mutation_probe
 
+# Every benchmark, quick settings (about 9 minutes here); the fleet table goes into
+# docs/benchmarks.md. `make profile`: where a bot job's time goes (py-spy, docs/profiles/).
 bench: $(INSTALLED)
-	@for script in bench/*_bench.py; do $(BIN)/python $$script || exit 1; done
+	$(BIN)/python bench/fleet_bench.py --write
+	$(BIN)/python bench/pool_bench.py
+	$(BIN)/python bench/memory_bench.py --runs 1
+	$(BIN)/python bench/outbox_bench.py
+	$(BIN)/python bench/recovery_bench.py --trials 2 --cap 20
+
+profile: $(INSTALLED)
+	$(BIN)/python bench/fleet_bench.py --profile

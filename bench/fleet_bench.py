@@ -16,7 +16,7 @@ Set-ups alternate within each run; each figure is the median over `--runs`. The 
 between its markers; `--profile` instead samples one bot-op run with py-spy (worker main process,
 a pool child, the producer) and writes call trees to docs/profiles/.
 
-    python bench/fleet_bench.py [--jobs 3000] [--runs 3] [--write] [--profile]
+    python bench/fleet_bench.py [--jobs 2000] [--runs 3] [--write] [--profile]
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ def private_redis() -> Iterator[tuple[RedisServer, Path]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default="", help="run only set-ups whose key contains this")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
