@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -57,6 +58,9 @@ def test_folded_result_meta_is_what_celery_writes(
         k: v for k, v in theirs.items() if k not in PER_RUN
     }
     assert ours["status"] == "SUCCESS" and ours["task_id"] == mine.id
+    done_at = datetime.fromisoformat(ours["date_done"]), datetime.fromisoformat(theirs["date_done"])
+    assert done_at[0].utcoffset() == done_at[1].utcoffset() is not None
+    assert abs(done_at[0] - done_at[1]) < timedelta(seconds=30)
     assert ours["worker"].startswith("folded@") and theirs["worker"].startswith("reference@")
     assert (ours["queue"], theirs["queue"]) == ("folded", "reference")
     # the result lives as long as Celery's (result_expires = BOT_JOB_TTL)

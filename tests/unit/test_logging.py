@@ -15,6 +15,8 @@ def test_passwords_and_tokens_are_scrubbed() -> None:
     )
     assert scrub("Authorization: Bearer abc.def-123") == "Authorization: Bearer ***"
     assert scrub("redis://h:6379/0") == "redis://h:6379/0"
+    assert scrub("token: BEARER xyz and bearer abc") == "token: BEARER *** and bearer ***"
+    assert scrub("Task ops.sum[1] succeeded in 0.01s: 3") == "Task ops.sum[1] succeeded in 0.01s: 3"
 
 
 def test_json_lines_carry_context_fields() -> None:
