@@ -146,14 +146,14 @@ def run_batch(
     client.delete("bench:done")
     for i in range(batch.jobs):
         rig.producer.send_task(f"ops.{batch.op}", kwargs={"n": i, **batch.kwargs})
-    started, first, cpu0 = time.perf_counter(), done(client), cpu_seconds(worker)
+    started, first, cpu0 = time.perf_counter(), done(client), sum(cpu_seconds(worker))
     watch.last = None  # only beats seen one after the other count: not across publishing
     while done(client) < batch.jobs:
         if not worker.alive():
             raise RuntimeError(f"worker died:\n{worker.log()[-3000:]}")
         watch.sample()
         time.sleep(0.005)
-    finished, cpu1 = time.perf_counter(), cpu_seconds(worker)
+    finished, cpu1 = time.perf_counter(), sum(cpu_seconds(worker))
     counted = batch.jobs - first
     return {"rate": counted / (finished - started), "cpu_us": (cpu1 - cpu0) / counted * 1e6}
 
