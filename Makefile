@@ -43,7 +43,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/pool_bench.py
 	$(BIN)/python bench/memory_bench.py --runs 1
 	$(BIN)/python bench/outbox_bench.py
-	$(BIN)/python bench/recovery_bench.py --trials 2 --cap 20
+	$(BIN)/python bench/recovery_bench.py --trials 2 --cap 15
 
 profile: $(INSTALLED)
 	$(BIN)/python bench/fleet_bench.py --profile
