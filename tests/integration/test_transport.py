@@ -237,3 +237,20 @@ def test_a_channel_reuses_one_redis_client_per_connection_pool(redis_url: str) -
             assert fresh.connection_pool is channel.pool
         publish(redis_url, TRANSPORT, [{"n": 1}])
         assert consume_one(redis_url, TRANSPORT) == [{"n": 1}]
+
+
+def test_broker_connections_read_with_redis_pys_own_parser(redis_url: str) -> None:
+    """A message is read whole in the worker's main process; hiredis's reader kept more of a
+    large one (tests/e2e/test_hostile_input.py bounds what a 50 MB body leaves)."""
+    from redis._parsers import _RESP2Parser, _RESP3Parser
+
+    with (
+        Connection(redis_url, transport=TRANSPORT) as conn,
+        conn.default_channel.conn_or_acquire() as client,
+    ):
+        assert client.connection_pool.connection_kwargs["parser_class"] is _RESP2Parser
+        connection = client.connection_pool.get_connection()
+        try:
+            assert type(connection._parser) in (_RESP2Parser, _RESP3Parser)
+        finally:
+            client.connection_pool.release(connection)
