@@ -13,7 +13,8 @@ The contract:
    declared order. The next op takes a list field `results` (e.g. `results: list[float]`).
 4. A stage with `on_failure="continue"` whose op fails for good passes its `default` on
    instead (inside `results` for a member of a parallel stage). The default must validate as
-   the op's return type; it is kept as the JSON value that type gives it.
+   the op's return type; it is kept as the JSON value that type gives it, and that value must
+   fit the next stage too (it is checked even when the return type cannot be).
 5. The last stage's output is the pipeline's result.
 
 The check, per op, uses the return annotation (`-> T`): pydantic's JSON Schema of `T` in
@@ -100,12 +101,14 @@ class _OutputSchema(GenerateJsonSchema):
 
 @dataclass(frozen=True)
 class StageOutput:
-    """What one stage passes on: its type for messages, JSON Schema, representative values."""
+    """What one stage passes on: its type for messages, its JSON Schema, representative values
+    of that type, and what it passes on when an op of it fails and continues: (op, value)."""
 
     label: str
     schema: dict[str, Any]
     samples: list[Any]
     notes: list[str] = field(default_factory=list)
+    defaults: list[tuple[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -190,11 +193,17 @@ def _stage_output(
         "required": [RESULTS_FIELD],
         **({"$defs": defs} if defs else {}),
     }
+    base = lists[0]
     output = StageOutput(
         label=f'{{"{RESULTS_FIELD}": [{", ".join(o.label for o in outs)}]}}',
         schema=schema,
         samples=[{RESULTS_FIELD: value} for value in lists],
         notes=[note for o in outs for note in o.notes],
+        defaults=[
+            (op, {RESULTS_FIELD: [*base[:i], value, *base[i + 1 :]]})
+            for i, o in enumerate(outs)
+            for op, value in o.defaults
+        ],
     )
     return Parallel(tuple(s for s, _ in pairs)), output
 
@@ -213,15 +222,16 @@ def _op_output(name: str, index: int, item: Stage, spec: OpSpec) -> tuple[Stage,
         ) from None
     notes: list[str] = []
     samples = representative_values(schema, notes)
+    defaults: list[tuple[str, Any]] = []
     if item.continues:
         default = _default_as_json(where, item.default, adapter, annotation)
         item = replace(item, op=spec.name, default=default)
-        samples.append(default)
+        defaults.append((spec.name, default))
     else:
         item = replace(item, op=spec.name)
     label = type_label(annotation)
     notes = [f"stage {index} ({spec.name}): {note}" for note in notes]
-    return item, StageOutput(label, schema, samples, notes)
+    return item, StageOutput(label, schema, samples, notes, defaults)
 
 
 def _default_as_json(where: str, default: Any, adapter: TypeAdapter[Any], annotation: Any) -> Any:
@@ -246,16 +256,22 @@ def _check_link(
     nxt: tuple[int, Stage | Parallel],
     spec: OpSpec,
 ) -> None:
-    """Refuse the pipeline when a value the previous stage may pass on is not of a type the
-    next op's payload model accepts."""
-    for sample in prev[2].samples:
+    """Refuse the pipeline when a value the previous stage may pass on (a representative value
+    of its type, or a "continue" default) is not of a type the next op's payload accepts."""
+    label = stage_label(prev[0], prev[1])
+    candidates = [(sample, f"{label} returns {prev[2].label}") for sample in prev[2].samples]
+    candidates += [
+        (value, f"{label} passes {value!r} on when {op} fails (its default)")
+        for op, value in prev[2].defaults
+    ]
+    for sample, passes in candidates:
         try:
             spec.payload_model.model_validate(sample)
         except ValidationError as exc:
             problem = _type_problem(exc, sample)
             if problem is not None:
                 raise PipelineDefinitionError(
-                    f"pipeline {name!r}: {_mismatch(prev, nxt[0], spec, sample, *problem)}"
+                    f"pipeline {name!r}: {_mismatch(passes, nxt[0], spec, sample, *problem)}"
                 ) from None
 
 
@@ -300,14 +316,13 @@ def _locate(sample: Any, loc: tuple[Any, ...], kind: str) -> tuple[Path, bool]:
 
 
 def _mismatch(
-    prev: tuple[int, Stage | Parallel, StageOutput],
+    returns: str,
     next_index: int,
     spec: OpSpec,
     sample: Any,
     path: Path,
     err: dict[str, Any],
 ) -> str:
-    returns = f"{stage_label(prev[0], prev[1])} returns {prev[2].label}"
     needs = f"stage {next_index} ({spec.name})"
     where = f"field {render_path(path)!r}"
     if not path:

@@ -23,5 +23,6 @@ def discover_pipelines(extra_modules: Iterable[str] = ()) -> list[str]:
         modules = discover_ops(extra_modules)
         PIPELINES.resolve()
     except PipelineDefinitionError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+        where = f" (declared in {exc.module})" if exc.module else ""
+        raise ConfigError(f"invalid configuration: {exc}{where}") from exc
     return modules

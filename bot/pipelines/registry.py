@@ -118,7 +118,13 @@ class PipelineRegistry:
         self, name: str, *stages: StageLike, description: str = "", module: str = ""
     ) -> Pipeline:
         """Declare a pipeline; check it now if its ops are registered, else at `resolve()`."""
-        declared = Pipeline(name, _shape(name, stages), description, module)
+        try:
+            return self._define(Pipeline(name, _shape(name, stages), description, module))
+        except PipelineDefinitionError as exc:
+            raise PipelineDefinitionError(str(exc), module) from None
+
+    def _define(self, declared: Pipeline) -> Pipeline:
+        name, module = declared.name, declared.module
         existing = self._pending.get(name) or (
             self._specs[name].declared if name in self._specs else None
         )
@@ -147,9 +153,13 @@ class PipelineRegistry:
                 known = ", ".join(self._ops.names()) or "none"
                 raise PipelineDefinitionError(
                     f"pipeline {name!r}: stage {index} names op {op!r}, which is not "
-                    f"registered (known: {known})"
+                    f"registered (known: {known})",
+                    declared.module,
                 )
-            self._specs[name] = self._check(declared)
+            try:
+                self._specs[name] = self._check(declared)
+            except PipelineDefinitionError as exc:
+                raise PipelineDefinitionError(str(exc), declared.module) from None
 
     def pending(self) -> list[str]:
         """Pipelines declared but not checked yet (an op they name is not registered yet)."""

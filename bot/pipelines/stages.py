@@ -22,7 +22,12 @@ FAILURE_POLICIES: tuple[str, ...] = ("stop", "continue")
 class PipelineDefinitionError(BotError):
     """A pipeline that cannot run as declared: a bad shape, an unknown op, a duplicate name, or
     stages whose types do not fit. Raised when the pipeline is defined (at import), or when
-    discovery ends for a pipeline naming an op registered after it."""
+    discovery ends for a pipeline naming an op registered after it. `module` is the module
+    that declared the pipeline, when known."""
+
+    def __init__(self, message: str, module: str = "") -> None:
+        super().__init__(message)
+        self.module = module
 
 
 class _NoDefault:
