@@ -101,6 +101,10 @@ def takes_int_url(page: dict[str, int]) -> int:
     return 0
 
 
+def only_page(page: Page, tags: dict[str, str]) -> int:
+    return 0
+
+
 def as_dict(url: str, size: int) -> dict[str, Any]:
     return {}
 
@@ -142,6 +146,7 @@ OPS: dict[str, Callable[..., Any]] = {
         takes_tagged,
         takes_int_tags,
         takes_int_url,
+        only_page,
         as_dict,
         untyped,
         when,
@@ -317,6 +322,15 @@ def test_refused_a_field_the_next_stage_does_not_accept(pipes: PipelineRegistry)
     assert refused(pipes, "fetch", "only_url") == (
         "pipeline 'report': stage 1 (fetch) returns Page with field 'size', which stage 2"
         " (only_url) does not accept (unknown fields are refused)"
+    )
+
+
+def test_refused_an_unchecked_field_the_next_stage_does_not_accept(
+    pipes: PipelineRegistry,
+) -> None:
+    assert refused(pipes, "tagged", "only_page") == (
+        "pipeline 'report': stage 1 (tagged) returns Tagged with field 'meta', which stage 2"
+        " (only_page) does not accept (unknown fields are refused)"
     )
 
 
