@@ -1,6 +1,7 @@
 """bot: a worker fleet for running jobs reliably on many hosts, on Celery and Redis.
 
-`bot.app` is the Celery app (`celery -A bot worker`). Importing `bot` reads the `BOT_*`
+`bot.app` is the Celery app (`celery -A bot worker`); `op` declares an op, `pipeline` (with
+`stage` and `parallel`) a pipeline of ops. Importing `bot` reads the `BOT_*`
 settings once; a bad value stops the process with one line and exit code 2.
 """
 
@@ -12,9 +13,10 @@ from bot.application import BotApp, create_app
 from bot.base.version import __version__
 from bot.jobs.progress import progress
 from bot.ops import op
+from bot.pipelines import parallel, pipeline, stage
 from config.settings import ConfigError, load_settings
 
-__all__ = ["__version__", "app", "op", "progress"]
+__all__ = ["__version__", "app", "op", "parallel", "pipeline", "progress", "stage"]
 
 
 def _build_app() -> BotApp:

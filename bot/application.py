@@ -15,13 +15,13 @@ from celery import Celery, signals
 
 from bot.base.clock import now_ms
 from bot.broker import transport
-from bot.discovery import discover_ops
 from bot.fleet.step import install_fleet
 from bot.jobs.envelope import ENQUEUED_AT_HEADER
 from bot.jobs.intake import reject_unknown_op
 from bot.jobs.run import OpTask, run_op
 from bot.jobs.store import JobStore
 from bot.ops import REGISTRY, OpSpec
+from bot.pipelines.discovery import discover_pipelines
 from bot.store.connect import connect
 from bot.store.keys import Keys
 from config.celery_config import celery_config
@@ -81,8 +81,9 @@ def register_op(app: BotApp, spec: OpSpec) -> None:
 
 
 def create_app(settings: Settings, *, fleet: bool = True, **kwargs: Any) -> BotApp:
-    """A configured app with every discovered op registered (and the fleet step installed)."""
-    discover_ops(settings.ops_modules)
+    """A configured app with every discovered op registered (and the fleet step installed);
+    the pipelines declared next to the ops are checked too (bot/pipelines/discovery.py)."""
+    discover_pipelines(settings.ops_modules)
     transport.install()  # redis:// and rediss:// through bot's kombu transport
     app = BotApp(settings, **kwargs)
     for spec in REGISTRY:

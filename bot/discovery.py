@@ -1,8 +1,10 @@
 """Op discovery: every module of the `tasks` package, modules named in `BOT_OPS_MODULES`, and
 modules published by installed distributions under the `bot.ops` entry-point group.
 
-Importing a module runs its `@op` decorators, which fill `bot.ops.REGISTRY`. This happens when
-`bot` is imported (not only in a worker), so Flower's copy of the app knows every op too.
+Importing a module runs its `@op` decorators, which fill `bot.ops.REGISTRY`, and its
+`pipeline(...)` calls (`bot.pipelines.discovery` runs this, then the checks that waited for
+it). This happens when `bot` is imported (not only in a worker), so Flower's copy of the app
+knows every op too.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ class UnknownOp(PayloadRejected):
     """No op of that name is registered."""
 
 
+class UnknownPipeline(PayloadRejected):
+    """No pipeline of that name is registered."""
+
+
 class InvalidJobId(PayloadRejected):
     """A caller's job id is not of the accepted form (bot.jobs.envelope.JOB_ID_PATTERN)."""
 

@@ -146,14 +146,19 @@ def ops(as_json: bool) -> None:
         click.echo(json.dumps(schemas, indent=2))
         return
     for spec in REGISTRY:
-        fields = spec.schema().get("properties", {})
-        required = set(spec.schema().get("required", []))
-        parts = [
-            f"{name}{'' if name in required else '?'}:{_type_of(prop)}"
-            for name, prop in fields.items()
-        ]
         headline = spec.description.splitlines()[0] if spec.description else ""
-        click.echo(f"{spec.name:12} {' '.join(parts):40} {headline}")
+        click.echo(f"{spec.name:12} {fields_summary(spec.schema()):40} {headline}")
+
+
+def fields_summary(schema: dict[str, Any]) -> str:
+    """`a:number b:number factor?:number`: each field of an object schema (or of each part of
+    an `allOf`), `?` when optional."""
+    parts: dict[str, str] = {}
+    for part in schema.get("allOf", [schema]):
+        required = set(part.get("required", []))
+        for name, prop in part.get("properties", {}).items():
+            parts.setdefault(name, f"{name}{'' if name in required else '?'}:{_type_of(prop)}")
+    return " ".join(parts.values())
 
 
 def _type_of(prop: dict[str, Any]) -> str:

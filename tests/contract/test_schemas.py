@@ -1,5 +1,6 @@
-"""Published schemas are a contract: op payload schemas change only on purpose (update the
-snapshot with `bot ops --json > tests/contract/snapshots/ops.json`), and reports validate."""
+"""Published schemas are a contract: op payload schemas and pipeline definitions change only on
+purpose (update the snapshots with `bot ops --json > tests/contract/snapshots/ops.json` and
+`bot pipelines --json > tests/contract/snapshots/pipelines.json`), and reports validate."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jsonschema
 
 from bot.jobs.reports import Report, ReportError, ReportWorker
 from bot.ops import REGISTRY
+from bot.pipelines import PIPELINES
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -19,6 +21,15 @@ def test_op_schemas_match_the_published_snapshot() -> None:
     snapshot = json.loads((SNAPSHOTS / "ops.json").read_text())
     # exactly the production ops: the test-only ones (crash, touch) are not published
     assert current == snapshot
+
+
+def test_pipeline_definitions_match_the_published_snapshot() -> None:
+    current = {
+        spec.name: spec.describe()
+        for spec in PIPELINES
+        if spec.declared.module.startswith("tasks.")
+    }
+    assert current == json.loads((SNAPSHOTS / "pipelines.json").read_text())
 
 
 def test_a_report_validates_against_the_report_schema() -> None:

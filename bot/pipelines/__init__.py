@@ -1,0 +1,53 @@
+"""Pipelines: named, ordered stages of ops, declared next to the ops and checked when they are
+defined (each stage's output must fit the next stage's payload model).
+
+    pipeline("report", "fetch", parallel("score_a", "score_b"), "publish")
+
+- stages.py: `stage()`, `parallel()`, `Stage`, `Parallel`, failure policies, the error type;
+- contract.py: how a stage's output becomes the next stage's input, and the check of it;
+- samples.py: representative values of a JSON Schema, for that check;
+- registry.py: `pipeline()`, `PipelineSpec`, `PIPELINES`, the task name `pipelines.<name>`;
+- discovery.py: `discover_pipelines`, ops discovery followed by the deferred checks.
+
+Running a pipeline is not here (yet): this package only defines and checks them.
+"""
+
+from __future__ import annotations
+
+from bot.pipelines.contract import RESULTS_FIELD
+from bot.pipelines.discovery import discover_pipelines
+from bot.pipelines.registry import (
+    PIPELINES,
+    TASK_PREFIX,
+    Pipeline,
+    PipelineRegistry,
+    PipelineSpec,
+    pipeline,
+)
+from bot.pipelines.stages import (
+    NO_DEFAULT,
+    FailurePolicy,
+    Parallel,
+    PipelineDefinitionError,
+    Stage,
+    parallel,
+    stage,
+)
+
+__all__ = [
+    "NO_DEFAULT",
+    "PIPELINES",
+    "RESULTS_FIELD",
+    "TASK_PREFIX",
+    "FailurePolicy",
+    "Parallel",
+    "Pipeline",
+    "PipelineDefinitionError",
+    "PipelineRegistry",
+    "PipelineSpec",
+    "Stage",
+    "discover_pipelines",
+    "parallel",
+    "pipeline",
+    "stage",
+]
