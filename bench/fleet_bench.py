@@ -55,7 +55,7 @@ STOCK_RELIABLE = {
 }
 STOCK_DB, BOT_DB = 1, 0
 KOMBU_REDIS = "kombu.transport.redis:Transport"
-LATENCY_SAMPLES = 200
+LATENCY_SAMPLES = 400
 
 
 @dataclass

@@ -151,13 +151,16 @@ class Channel(kombu_redis.Channel):
             self._put_back_stranded()
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        """kombu's connection parameters, with redis-py's own Python reply parser instead of
-        hiredis: a message is read whole in the worker's main process, and hiredis's reader
-        left the process ~30 % more memory after one large message (180 MB of RSS after a
-        50 MB body; tests/e2e/test_hostile_input.py bounds it at 150). Commands are still
-        packed by hiredis; bot's own clients (bot/store/connect.py) keep its parser."""
+        """kombu's connection parameters; the connections that read messages off the queues
+        (the asynchronous pool: BRPOP) use redis-py's own Python reply parser instead of
+        hiredis. hiredis's reader keeps its buffer at the size of the largest reply until the
+        next one arrives on that connection, and a consumer's BRPOP connection waits idle after
+        a large message: one 50 MB body left the worker's main process 180 MB bigger
+        (tests/e2e/test_hostile_input.py bounds it at 150). Publishes, acks and the unacked
+        bookkeeping (the other pool) keep hiredis, as do bot's own clients."""
         params = super()._connparams(asynchronous)
-        params["parser_class"] = _RESP2Parser  # redis-py switches to its RESP3 twin as needed
+        if asynchronous:
+            params["parser_class"] = _RESP2Parser  # redis-py switches to its RESP3 twin as needed
         return params
 
     @contextmanager
