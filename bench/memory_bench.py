@@ -32,9 +32,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil
 from celery import Celery
 
+from bench.fleet_bench import processes_of
 from tests.support.processes import REPO_ROOT, WorkerProcess, bot_env
 from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer, free_port
@@ -115,8 +115,8 @@ SETUPS = [
 
 def pss_by_process(worker: WorkerProcess) -> list[float]:
     """MiB of PSS: the main process first, then each pool child (by pid)."""
-    main = psutil.Process(worker.pid)
-    processes = [main, *sorted(main.children(recursive=True), key=lambda p: p.pid)]
+    main, *children = processes_of(worker)
+    processes = [main, *sorted(children, key=lambda p: p.pid)]
     return [p.memory_full_info().pss / 2**20 for p in processes]
 
 

@@ -15,17 +15,14 @@ from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
 from kombu.utils import json as kombu_json
 from pydantic import BaseModel
-from redis.commands.core import Script
 
 import bot
 from bot.application import BotApp
-from bot.base.clock import now_ms
 from bot.errors import InvalidJobId
 from bot.jobs.envelope import job_id_problem, payload_digest
 from bot.jobs.record import JobRecord
 from bot.jobs.reports import FINAL_STATES, ms_to_datetime
 from bot.ops import REGISTRY, check_size
-from bot.store import scripts
 
 #: Seconds between two reads of a job while waiting for it.
 POLL_INTERVAL_S = 0.2
@@ -65,7 +62,6 @@ def _default_app() -> BotApp:
 class Client:
     def __init__(self, app: BotApp | None = None) -> None:
         self.app = app or _default_app()
-        self._claim_script: Script | None = None
 
     def submit(
         self,
@@ -108,13 +104,7 @@ class Client:
         the id exists."""
         if job_id is None:
             return True
-        if self._claim_script is None:
-            self._claim_script = scripts.register(self.app.redis(), "claim_id")
-        created = self._claim_script(
-            keys=[self.app.keys.job(job_id)],
-            args=[job_id, op, queue, digest, now_ms(), self.app.settings.job_ttl],
-        )
-        return bool(created)
+        return self.app.job_store().claim(job_id, op, queue, digest, self.app.settings.job_ttl)
 
     def status(self, job_id: str) -> JobStatus:
         record = self.app.job_store().read(job_id)

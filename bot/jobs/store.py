@@ -103,9 +103,19 @@ class JobStore:
         self.keys = keys
         self._acquire = scripts.register(client, "acquire")
         self._complete = scripts.register(client, "complete")
+        self._claim = scripts.register(client, "claim_id")
 
     def read(self, job_id: str) -> dict[str, str]:
         return self.client.hgetall(self.keys.job(job_id))  # type: ignore[return-value]
+
+    def claim(self, job_id: str, op: str, queue: str, digest: str, job_ttl_s: int) -> bool:
+        """Create a caller's job id's record `queued`, bound to this op and payload digest
+        (claim_id.lua, one round trip); False when the id is known already."""
+        created = self._claim(
+            keys=[self.keys.job(job_id)],
+            args=[job_id, op, queue, digest, now_ms(), job_ttl_s],
+        )
+        return bool(created)
 
     def acquire(
         self,
