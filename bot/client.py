@@ -13,16 +13,17 @@ from typing import Any
 
 from celery.result import AsyncResult
 from celery.states import FAILURE, REVOKED, SUCCESS
-from kombu.utils import json as kombu_json
 from pydantic import BaseModel
 
 import bot
 from bot.application import BotApp
-from bot.errors import InvalidJobId
-from bot.jobs.envelope import job_id_problem, payload_digest
+from bot.flows.run_record import RunRecord, RunStore
+from bot.flows.submit import as_sent, check_job_id, submit_op, submit_pipeline
 from bot.jobs.record import JobRecord
 from bot.jobs.reports import FINAL_STATES, ms_to_datetime
-from bot.ops import REGISTRY, check_size
+
+#: Re-exported: what a caller may import from here (they moved to bot/flows/submit.py).
+__all__ = ["Client", "JobStatus", "SubmitResult", "as_sent", "check_job_id", "status", "submit", "wait"]
 
 #: Seconds between two reads of a job while waiting for it.
 POLL_INTERVAL_S = 0.2
@@ -73,38 +74,27 @@ class Client:
         countdown: float | None = None,
     ) -> SubmitResult:
         """Validate and enqueue `op` with `payload`. Raises PayloadRejected / UnknownOp /
-        InvalidJobId."""
-        if job_id is not None:
-            check_job_id(job_id)
-        spec = REGISTRY.get(op)
-        data = (
-            payload.model_dump(mode="json")
-            if isinstance(payload, BaseModel)
-            else dict(payload or {})
-        )
-        check_size(data, self.app.settings.max_payload_bytes)
-        spec.validate(data)  # the worker validates again; what is sent is what the caller gave
-        queue = queue or spec.queue or self.app.settings.default_queue
-        if not self._claim_id(job_id, spec.name, queue, payload_digest([], as_sent(data))):
-            return SubmitResult(job_id=job_id, enqueued=False)
-        try:
-            result = self.app.send_task(
-                spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown
-            )
-        except Exception:
-            # Not enqueued: free the caller's id so that submitting it again can succeed.
-            if job_id is not None:
-                self.app.redis().delete(self.app.keys.job(job_id))
-            raise
-        return SubmitResult(job_id=result.id, enqueued=True)
+        InvalidJobId. A `job_id` that is known already is not enqueued again."""
+        done = submit_op(self.app, op, payload, job_id=job_id, queue=queue, countdown=countdown)
+        return SubmitResult(job_id=done.id, enqueued=done.enqueued)
 
-    def _claim_id(self, job_id: str | None, op: str, queue: str, digest: str) -> bool:
-        """For a caller's id: create its record as `queued`, bound to this op and payload
-        digest (a message reusing the id with another payload never runs), or report that
-        the id exists."""
-        if job_id is None:
-            return True
-        return self.app.job_store().claim(job_id, op, queue, digest, self.app.settings.job_ttl)
+    def submit_pipeline(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        run_id: str | None = None,
+        queue: str | None = None,
+    ) -> SubmitResult:
+        """Validate `payload` for the pipeline's first stage and start a run of it (the task
+        `pipelines.<name>`). Returns the run id as `job_id`. Raises PayloadRejected /
+        UnknownPipeline / InvalidJobId. A `run_id` that is known already starts nothing."""
+        done = submit_pipeline(self.app, name, payload, run_id=run_id, queue=queue)
+        return SubmitResult(job_id=done.id, enqueued=done.enqueued)
+
+    def pipeline_status(self, run_id: str) -> RunRecord | None:
+        """The run's record (state, current stage, each stage job's state); None when unknown."""
+        return RunStore(self.app.redis(), self.app.keys).read(run_id)
 
     def status(self, job_id: str) -> JobStatus:
         record = self.app.job_store().read(job_id)
@@ -148,23 +138,6 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {status.state} after {timeout}s")
             time.sleep(POLL_INTERVAL_S)
-
-
-def as_sent(data: dict[str, Any]) -> Any:
-    """`data` as a worker decodes it off the wire (kombu's JSON: a datetime becomes its ISO
-    string, a tuple a list, a UUID a string), so the digest bound at submit is the one the
-    worker computes."""
-    return kombu_json.loads(kombu_json.dumps(data))
-
-
-def check_job_id(job_id: str) -> None:
-    """InvalidJobId unless `job_id` is of the accepted form."""
-    problem = job_id_problem(job_id)
-    if problem is not None:
-        raise InvalidJobId(
-            f"invalid job id: {problem}",
-            [{"loc": ["job_id"], "msg": problem, "type": "job_id"}],
-        )
 
 
 def status_from_record(job_id: str, fields: Mapping[str, str]) -> JobStatus:

@@ -40,6 +40,15 @@ class Keys:
         """hash: the job record."""
         return f"{self.prefix}:job:{job_id}"
 
+    def pipeline(self, run_id: str) -> str:
+        """hash: a pipeline run's record (state, current stage, each stage job's state)."""
+        return f"{self.prefix}:pipeline:{run_id}"
+
+    @property
+    def pipelines_running(self) -> str:
+        """zset: run ids of pipeline runs not ended yet -> start time (ms); the audit's list."""
+        return f"{self.prefix}:pipelines:running"
+
     @property
     def ops(self) -> str:
         """hash: op name -> JSON Schema of its payload."""

@@ -1,0 +1,132 @@
+"""Enqueue an op's job or a pipeline's run: validated before anything is sent, idempotent on
+a caller's id. `bot.client.Client` and everything in `bot.flows` (schedules, triggers, the
+pipeline start) submit through here, from a client process or from inside a worker.
+
+A caller's id is claimed before the message is sent (the record is created `queued`, bound to
+what was submitted), so the same id submitted twice, or by two processes at once, is enqueued
+once. A send that fails frees the id again, so submitting it again can succeed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kombu.utils import json as kombu_json
+from pydantic import BaseModel
+
+from bot.errors import InvalidJobId
+from bot.flows.run_record import MAX_RUN_ID_LENGTH, RunStore
+from bot.jobs.envelope import job_id_problem, payload_digest
+from bot.jobs.ports import AppPort
+from bot.ops import REGISTRY, check_size
+from bot.pipelines.registry import PIPELINES
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What a submission did: the job (or run) id, and whether it was enqueued now (False: the
+    id was known already, an idempotent resubmission)."""
+
+    id: str
+    enqueued: bool
+
+
+def submit_op(
+    app: AppPort,
+    op: str,
+    payload: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    job_id: str | None = None,
+    queue: str | None = None,
+    countdown: float | None = None,
+) -> Submitted:
+    """Validate and enqueue `op` with `payload`. Raises PayloadRejected / UnknownOp /
+    InvalidJobId."""
+    if job_id is not None:
+        check_job_id(job_id)
+    spec = REGISTRY.get(op)
+    data = as_dict(payload)
+    check_size(data, app.settings.max_payload_bytes)
+    spec.validate(data)  # the worker validates again; what is sent is what the caller gave
+    queue = queue or spec.queue or app.settings.default_queue
+    if job_id is not None and not app.job_store().claim(
+        job_id, spec.name, queue, payload_digest([], as_sent(data)), app.settings.job_ttl
+    ):
+        return Submitted(job_id, enqueued=False)
+    try:
+        result = app.send_task(
+            spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown
+        )
+    except Exception:
+        if job_id is not None:  # not enqueued: free the id so that submitting it again works
+            app.redis().delete(app.keys.job(job_id))
+        raise
+    return Submitted(result.id, enqueued=True)
+
+
+def submit_pipeline(
+    app: AppPort,
+    name: str,
+    payload: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    run_id: str | None = None,
+    queue: str | None = None,
+) -> Submitted:
+    """Validate `payload` for the pipeline's first stage and enqueue its start (the task
+    `pipelines.<name>`, whose id is the run id). Raises PayloadRejected / UnknownPipeline /
+    InvalidJobId. The same `run_id` again starts nothing."""
+    spec = PIPELINES.get(name)
+    if run_id is not None:
+        check_run_id(run_id)
+    data = as_dict(payload)
+    check_size(data, app.settings.max_payload_bytes)
+    spec.validate(data)
+    queue = queue or app.settings.default_queue
+    runs = RunStore(app.redis(), app.keys)
+    digest = payload_digest([], as_sent(data))
+    if run_id is not None and not runs.claim(
+        run_id, spec.name, queue, digest, app.settings.job_ttl
+    ):
+        return Submitted(run_id, enqueued=False)
+    try:
+        result = app.send_task(spec.task_name, kwargs=data, task_id=run_id, queue=queue)
+    except Exception:
+        if run_id is not None:
+            app.redis().delete(app.keys.pipeline(run_id))
+        raise
+    return Submitted(result.id, enqueued=True)
+
+
+def as_dict(payload: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
+    if isinstance(payload, BaseModel):
+        return payload.model_dump(mode="json")
+    return dict(payload or {})
+
+
+def as_sent(data: dict[str, Any]) -> Any:
+    """`data` as a worker decodes it off the wire (kombu's JSON: a datetime becomes its ISO
+    string, a tuple a list, a UUID a string), so the digest bound at submit is the one the
+    worker computes."""
+    return kombu_json.loads(kombu_json.dumps(data))
+
+
+def check_run_id(run_id: str) -> None:
+    """InvalidJobId unless `run_id` is a job id short enough for its stage jobs' ids."""
+    check_job_id(run_id)
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        problem = f"a pipeline run id is at most {MAX_RUN_ID_LENGTH} characters"
+        raise InvalidJobId(
+            f"invalid run id: {problem}", [{"loc": ["run_id"], "msg": problem, "type": "run_id"}]
+        )
+
+
+def check_job_id(job_id: str) -> None:
+    """InvalidJobId unless `job_id` is of the accepted form."""
+    problem = job_id_problem(job_id)
+    if problem is not None:
+        raise InvalidJobId(
+            f"invalid job id: {problem}",
+            [{"loc": ["job_id"], "msg": problem, "type": "job_id"}],
+        )
