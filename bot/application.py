@@ -16,12 +16,16 @@ from celery import Celery, signals
 from bot.base.clock import now_ms
 from bot.broker import transport
 from bot.fleet.step import install_fleet
+from bot.flows.canvas import COLLECT_TASK, FINISH_TASK
+from bot.flows.pipeline_tasks import PipelineTask, collect_results, finish_run, start_run
+from bot.flows.stage_hooks import PipelineStageHooks
 from bot.jobs.envelope import ENQUEUED_AT_HEADER
 from bot.jobs.intake import reject_unknown_op
 from bot.jobs.run import OpTask, run_op
 from bot.jobs.store import JobStore
 from bot.ops import REGISTRY, OpSpec
 from bot.pipelines.discovery import discover_pipelines
+from bot.pipelines.registry import PIPELINES, PipelineSpec
 from bot.store.connect import connect
 from bot.store.keys import Keys
 from config.celery_config import celery_config
@@ -77,7 +81,30 @@ def register_op(app: BotApp, spec: OpSpec) -> None:
         shared=False,
         # STARTED is written with the job record by acquire.lua (bot/jobs/celery_meta.py)
         track_started=not app.settings.results_in_job_store,
+        stage_hooks=PipelineStageHooks(app),
     )(run_op)
+
+
+#: What pipeline tasks share: each message checked before Celery unpacks it (as for ops).
+_GUARDED = "bot.jobs.intake:guarded"
+
+
+def register_pipeline(app: BotApp, spec: PipelineSpec) -> None:
+    """The task `pipelines.<name>` that starts a run of `spec` (bot/flows/pipeline_tasks.py)."""
+    app.task(
+        name=spec.task_name,
+        base=PipelineTask,
+        bind=True,
+        pipeline_spec=spec,
+        shared=False,
+        Strategy=_GUARDED,
+    )(start_run)
+
+
+def register_pipeline_plumbing(app: BotApp) -> None:
+    """The two tasks every run's canvas uses: a parallel stage's join and the run's end."""
+    app.task(name=COLLECT_TASK, bind=True, shared=False, Strategy=_GUARDED)(collect_results)
+    app.task(name=FINISH_TASK, bind=True, shared=False, Strategy=_GUARDED)(finish_run)
 
 
 def create_app(settings: Settings, *, fleet: bool = True, **kwargs: Any) -> BotApp:
@@ -88,6 +115,9 @@ def create_app(settings: Settings, *, fleet: bool = True, **kwargs: Any) -> BotA
     app = BotApp(settings, **kwargs)
     for spec in REGISTRY:
         register_op(app, spec)
+    for pipeline_spec in PIPELINES:
+        register_pipeline(app, pipeline_spec)
+    register_pipeline_plumbing(app)
     _connect_signals(settings)
     if fleet:
         install_fleet(app)

@@ -23,7 +23,16 @@ from bot.jobs.record import JobRecord
 from bot.jobs.reports import FINAL_STATES, ms_to_datetime
 
 #: Re-exported: what a caller may import from here (they moved to bot/flows/submit.py).
-__all__ = ["Client", "JobStatus", "SubmitResult", "as_sent", "check_job_id", "status", "submit", "wait"]
+__all__ = [
+    "Client",
+    "JobStatus",
+    "SubmitResult",
+    "as_sent",
+    "check_job_id",
+    "status",
+    "submit",
+    "wait",
+]
 
 #: Seconds between two reads of a job while waiting for it.
 POLL_INTERVAL_S = 0.2

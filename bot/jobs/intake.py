@@ -1,5 +1,5 @@
-"""How the worker's main process takes in an `ops.*` message: the guarded strategy, and the
-rejection of a message that must never reach a pool child.
+"""How the worker's main process takes in an `ops.*` message (and a pipeline task's): the
+guarded strategy, and the rejection of a message that must never reach a pool child.
 
 Celery's default strategy unpacks each message in the main process; a malformed one raises
 there and Celery stops the worker ("Unrecoverable error"), then the next worker that reads the
@@ -48,10 +48,17 @@ def guarded(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
     inner = default_strategy(task, app, consumer, **options)
     limit = app.settings.max_payload_bytes
 
+    op_spec = getattr(task, "op_spec", None)
+
+    def refuse(message: Any, problem: Malformed, ack: Any) -> None:
+        if op_spec is not None:
+            return reject_message(app, consumer, message, op_spec.name, problem, ack)
+        return drop_message(app, consumer, message, problem, ack)
+
     def on_message(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any):
         problem = problem_of(message, body, limit)
         if problem is not None:
-            return reject_message(app, consumer, message, task.op_spec.name, problem, ack)
+            return refuse(message, problem, ack)
         try:
             return inner(message, body, ack, reject, callbacks, **kw)
         except consumer.connection_errors:
@@ -59,10 +66,23 @@ def guarded(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
         except Exception as exc:  # the default strategy could not take what passed the check
             logger.exception("job %s: Celery could not take the message", _id_for_log(message))
             reason = printable(f"{type(exc).__name__}: {exc}", 300)
-            problem = Malformed(f"message could not be unpacked: {reason}")
-            return reject_message(app, consumer, message, task.op_spec.name, problem, ack)
+            return refuse(message, Malformed(f"message could not be unpacked: {reason}"), ack)
 
     return on_message
+
+
+def drop_message(app: Any, consumer: Any, message: Any, problem: Malformed, ack: Any) -> None:
+    """A malformed message for a task that is not an op (a pipeline's start, collect or
+    finish task): it has no job record to end, so it is logged, marked FAILURE in the result
+    backend and in task events, and acked."""
+    headers = message.headers or {}
+    raw_id = headers.get("id")
+    usable = isinstance(raw_id, str) and job_id_problem(raw_id) is None
+    task_id = str(raw_id) if usable else stand_in_job_id(raw_id, raw_body(message))
+    logger.warning("task %s: refused before running: %s", task_id, problem)
+    _mark_failed(app, task_id, problem)
+    _announce(consumer, task_id, headers.get("task"), problem)
+    ack(logger, consumer.connection_errors)
 
 
 def problem_of(message: Any, body: Any, limit: int) -> Malformed | None:

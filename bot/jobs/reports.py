@@ -33,6 +33,21 @@ class ReportWorker(BaseModel):
     hostname: str
 
 
+class StageJob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    op: str
+    job_id: str
+    state: str = Field(description="The job's state when the run ended (or 'skipped').")
+
+
+class StageSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    stage: int = Field(ge=1)
+    jobs: list[StageJob]
+
+
 class Report(BaseModel):
     """How one job ended. Exactly one per job, in `bot:outbox`."""
 
@@ -50,6 +65,11 @@ class Report(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime
     duration_ms: int | None = Field(default=None, ge=0)
+    stages: list[StageSummary] | None = Field(
+        default=None,
+        description="A pipeline run's report only (op 'pipelines.<name>', job_id the run id): "
+        "each stage's jobs and their states.",
+    )
 
 
 def ms_to_datetime(ms: int | str | None) -> datetime | None:

@@ -14,16 +14,18 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Reject, Retry
 from pydantic import BaseModel
 
 from bot.base.backoff import full_jitter
 from bot.errors import BotError, PayloadRejected
 from bot.jobs import celery_meta
 from bot.jobs.envelope import ENQUEUED_AT_HEADER, enqueued_at_ms, payload_digest
-from bot.jobs.outcome import Attempt
+from bot.jobs.outcome import Attempt, error_of
 from bot.jobs.progress import bind as bind_progress
 from bot.jobs.progress import unbind as unbind_progress
+from bot.jobs.record import JobRecord
+from bot.jobs.stage import STAGE_HEADER, StageContext, StageHooks, stage_of
 from bot.jobs.store import Acquired, Delivery, ResultMeta, Skipped
 from bot.ops import OpSpec, check_size
 from bot.runtime.process import RUNTIME
@@ -39,6 +41,11 @@ class JobDead(BotError):
     """The job was recovered more than BOT_MAX_RECOVERIES times (a poison job)."""
 
 
+class StageFailed(BotError):
+    """A pipeline stage's job had ended without success when its message came again: the
+    run goes no further (its stage's failure policy is "stop")."""
+
+
 class OpTask(Task):
     """Base class of every `ops.*` task. `op_spec` is set per task by `bot.application`."""
 
@@ -50,15 +57,24 @@ class OpTask(Task):
     # Checks each message before Celery unpacks it, so none can stop the worker: see
     # bot/jobs/intake.py.
     Strategy = "bot.jobs.intake:guarded"
+    #: How a job that is a pipeline stage reports to its run (set by bot.application).
+    stage_hooks: StageHooks | None = None
 
 
-def delivery_of(task: Task, args: tuple[Any, ...], payload: dict[str, Any]) -> Delivery:
+def delivery_of(
+    task: Task, args: tuple[Any, ...], payload: dict[str, Any], *, canvas: bool = False
+) -> Delivery:
+    """What the job store records of this delivery. `canvas`: the stored message keeps the
+    message's chain, chord, group and headers too, so a job published again from its record
+    (bot/recovery/requeue.py) still continues its pipeline run."""
     request = task.request
     info = request.delivery_info or {}
     properties = getattr(request, "properties", None) or {}
     tag = properties.get("delivery_tag") or info.get("delivery_tag") or ""
     queue = info.get("routing_key") or task.app.settings.default_queue
     message = {"task": task.name, "args": list(args), "kwargs": payload, "queue": queue}
+    if canvas:
+        message["options"] = canvas_options(request)
     return Delivery(
         job_id=request.id,
         op=task.op_spec.name,
@@ -68,6 +84,20 @@ def delivery_of(task: Task, args: tuple[Any, ...], payload: dict[str, Any]) -> D
         enqueued_at_ms=enqueued_at_ms(getattr(request, ENQUEUED_AT_HEADER, None)),
         digest=payload_digest(list(args), payload),
     )
+
+
+def canvas_options(request: Any) -> dict[str, Any]:
+    """The options of Celery's `send_task` that put a message back in its canvas."""
+    options = {
+        "chain": request.chain,
+        "chord": request.chord,
+        "group_id": request.group,
+        "group_index": request.group_index,
+        "root_id": request.root_id,
+        "parent_id": request.parent_id,
+        "headers": {STAGE_HEADER: getattr(request, STAGE_HEADER, None)},
+    }
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def decode(spec: OpSpec, args: tuple[Any, ...], payload: dict[str, Any], limit: int) -> BaseModel:
@@ -105,15 +135,21 @@ def bind_positional(spec: OpSpec, args: tuple[Any, ...], payload: dict[str, Any]
 
 def guard(task: OpTask, delivery: Delivery) -> Attempt:
     """Acquire the job for this worker, or stop this delivery without running it."""
+    verdict = acquire(task, delivery)
+    if isinstance(verdict, Skipped):
+        raise Ignore()
+    return Attempt(task.app, delivery, verdict, RUNTIME.owner())
+
+
+def acquire(task: OpTask, delivery: Delivery) -> Acquired | Skipped:
+    """The job acquired for this worker, or why this delivery must not run (logged)."""
     # Celery's STARTED meta is written with the record, in one step (None: Celery writes it)
     started_meta = celery_meta.started(task) if celery_meta.writes_started(task) else None
     verdict = acquire_or_requeue(task, delivery, started_meta)
     if isinstance(verdict, Skipped):
         log = logger.warning if verdict.reason == "reused" else logger.info
         log("job %s: delivery skipped (%s: %s)", delivery.job_id, verdict.reason, verdict.detail)
-        raise Ignore()
-    assert isinstance(verdict, Acquired)
-    return Attempt(task.app, delivery, verdict, RUNTIME.owner())
+    return verdict
 
 
 def acquire_or_requeue(
@@ -155,6 +191,9 @@ def acquire_or_requeue(
 def run_op(task: OpTask, /, *args: Any, **payload: Any) -> Any:
     """The body of every `ops.*` task. `task` is positional-only so that a payload field
     named `task` or `self` reaches the payload model instead of colliding with it."""
+    stage = stage_of(task.request) if task.stage_hooks is not None else None
+    if stage is not None:
+        return run_stage(task, stage, args, payload)
     spec = task.op_spec
     attempt = guard(task, delivery_of(task, args, payload))
     if attempt.acquired.exhausted:  # decided by acquire.lua: this attempt must not run
@@ -207,3 +246,101 @@ def _end_dead(attempt: Attempt, max_recoveries: int) -> Any:
 def _finish_or_ignore(attempt: Attempt, status: str, **outcome: Any) -> None:
     if not attempt.finish(status, **outcome):
         raise Ignore()
+
+
+def run_stage(task: OpTask, stage: StageContext, args: tuple[Any, ...], payload: Any) -> Any:
+    """`run_op` for a job that is a stage of a pipeline run (bot/flows/canvas.py).
+
+    Its input is the previous stage's output, which Celery's chain passes as the one
+    positional argument. The stage reports to its run through `task.stage_hooks`. A stage that
+    fails for good with the "continue" policy returns its default, so the chain goes on; with
+    "stop" it raises, so the chain ends (the hooks ended the run `failed` already). A delivery
+    of a stage whose job had ended (the worker died after the job's outcome was recorded, before
+    its message was acked) replays the recorded outcome instead of running the op again, so
+    the chain is continued once more (the next stage's job id makes that harmless)."""
+    hooks = task.stage_hooks
+    assert hooks is not None
+    if len(args) == 1 and isinstance(args[0], dict) and not payload:
+        payload = dict(args[0])  # the previous stage's output
+        args = ()
+    if hooks.run_ended(stage):
+        logger.info("job %s: %s has ended; stage not run", task.request.id, stage.label())
+        hooks.skipped(stage)
+        raise Ignore()
+    delivery = delivery_of(task, args, payload, canvas=True)
+    verdict = acquire(task, delivery)
+    if isinstance(verdict, Skipped):
+        if verdict.reason == "duplicate":
+            return replay_stage(task, stage, delivery.job_id)
+        raise Ignore()
+    attempt = Attempt(task.app, delivery, verdict, RUNTIME.owner())
+    hooks.started(stage)
+    try:
+        result = _run_stage_attempt(task, attempt, args, payload)
+    except (Retry, Ignore, Reject):
+        raise
+    except _StageEnded as ended:
+        return _stage_failed(hooks, stage, ended.status, ended.error)
+    hooks.succeeded(stage, result)
+    return result
+
+
+class _StageEnded(Exception):
+    """A stage's job ended without success (its outcome is recorded): `status`, `error`."""
+
+    def __init__(self, status: str, error: BaseException) -> None:
+        super().__init__(status)
+        self.status = status
+        self.error = error
+
+
+def _run_stage_attempt(
+    task: OpTask, attempt: Attempt, args: tuple[Any, ...], payload: dict[str, Any]
+) -> Any:
+    """Run the stage's op once, as `run_op` runs a job; `_StageEnded` when it ended without
+    success (rejected, failed or dead), with its outcome recorded."""
+    if attempt.acquired.exhausted:
+        try:
+            _end_dead(attempt, task.app.settings.max_recoveries)
+        except JobDead as exc:
+            raise _StageEnded("dead", exc) from None
+    try:
+        model = decode(task.op_spec, args, payload, task.app.settings.max_payload_bytes)
+    except PayloadRejected as exc:
+        _finish_or_ignore(attempt, "rejected", error=exc)
+        raise _StageEnded("rejected", exc) from None
+    try:
+        result = execute(task, attempt, model)
+    except (Retry, Ignore, Reject):
+        raise
+    except Exception as exc:  # execute recorded the job `failed`
+        raise _StageEnded("failed", exc) from None
+    _finish_or_ignore(attempt, "succeeded", result=result)
+    return result
+
+
+def _stage_failed(hooks: StageHooks, stage: StageContext, status: str, error: Any) -> Any:
+    detail = error_of(error).model_dump() if isinstance(error, BaseException) else error
+    hooks.failed(stage, status, detail)
+    if stage.continues:
+        return stage.default
+    if isinstance(error, BaseException):
+        raise error
+    raise StageFailed(f"{stage.label()}: job ended {status}: {detail.get('message', '')}")
+
+
+def replay_stage(task: OpTask, stage: StageContext, job_id: str) -> Any:
+    """What a stage whose job had ended gives the chain again: its recorded result, or its
+    failure policy applied to its recorded error."""
+    hooks = task.stage_hooks
+    assert hooks is not None
+    record = JobRecord.from_hash(job_id, task.app.job_store().read(job_id))
+    if record.state == "succeeded":
+        logger.info("job %s: had succeeded; its result passed on again", job_id)
+        result = record.outcome.get("result")
+        hooks.succeeded(stage, result)
+        return result
+    if not record.final:
+        raise Ignore()
+    error = record.outcome.get("error")
+    return _stage_failed(hooks, stage, record.state, error if isinstance(error, dict) else {})

@@ -87,6 +87,8 @@ class BrokerRequeue:
             kwargs=message.get("kwargs") or {},
             task_id=job_id,
             queue=message.get("queue") or self.app.settings.default_queue,
+            # a pipeline stage's chain, chord and headers (bot.jobs.run.canvas_options)
+            **(message.get("options") or {}),
         )
 
     def stale_tags(self, older_than_s: float) -> list[str]:

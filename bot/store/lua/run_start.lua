@@ -28,6 +28,9 @@ end
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'pipeline', ARGV[2], 'plan', ARGV[3],
   'state', 'running', 'stage', '1', 'started_at', ARGV[4], 'updated_at', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'enqueued_at', ARGV[4])
+if ARGV[6] ~= '' then
+  redis.call('HSETNX', KEYS[1], 'digest', ARGV[6])
+end
 for i = 7, #ARGV do
   redis.call('HSET', KEYS[1], ARGV[i], 'queued')
 end
