@@ -105,6 +105,29 @@ class Client:
         """The run's record (state, current stage, each stage job's state); None when unknown."""
         return RunStore(self.app.redis(), self.app.keys).read(run_id)
 
+    def wait_pipeline(
+        self,
+        run_id: str,
+        timeout: float | None = None,
+        on_update: Callable[[RunRecord], None] | None = None,
+    ) -> RunRecord:
+        """Poll the run's record until it ends; `on_update` sees each new record. A run started
+        by a plain Celery client has no record until a worker starts it: an unknown run is
+        waited for too. Raises TimeoutError past `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: RunRecord | None = None
+        while True:
+            record = self.pipeline_status(run_id)
+            if record is not None and on_update and record != last:
+                on_update(record)
+            last = record
+            if record is not None and record.final:
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                state = record.state if record is not None else "unknown"
+                raise TimeoutError(f"pipeline run {run_id} still {state} after {timeout}s")
+            time.sleep(POLL_INTERVAL_S)
+
     def status(self, job_id: str) -> JobStatus:
         record = self.app.job_store().read(job_id)
         if record:

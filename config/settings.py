@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     lease_ttl: float | None = Field(None, gt=0)
     reaper_interval: float = Field(5.0, gt=0)
     max_recoveries: int = Field(3, ge=0)
+    #: A pipeline run whose current stage has had no job running and no change for this long
+    #: is ended `failed` as stalled (a lost message): bot/flows/run_audit.py.
+    pipeline_stall_timeout: float = Field(3600.0, gt=0)
     visibility_timeout: int = Field(3600, gt=0)
     broker_transport_options: dict[str, Any] = Field(default_factory=dict)
     max_startup_attempts: int = Field(20, ge=1)

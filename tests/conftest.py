@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from bot.application import BotApp, create_app
+from tests.support.flower import running_flower
 from tests.support.processes import FAULT_OPS, WorkerProcess, bot_env
 from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer
@@ -116,3 +117,10 @@ def workers(tmp_path: Path, env: dict[str, str]) -> Iterator[Callable[..., Worke
     yield start
     for worker in started:
         worker.stop(timeout_s=10)
+
+
+@pytest.fixture
+def flower(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """A real Flower with basic auth (tests.support.flower.FLOWER_AUTH); its base URL."""
+    with running_flower(env, tmp_path) as base:
+        yield base

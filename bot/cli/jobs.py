@@ -54,12 +54,12 @@ def submit(
     timeout: float | None,
 ) -> None:
     """Submit OP with a payload of key=value FIELDS (or --json)."""
-    payload = _payload(json_payload, fields)
+    payload = payload_from(json_payload, fields)
     try:
         submitted = Client().submit(op, payload, job_id=job_id, queue=queue, countdown=countdown)
     except PayloadRejected as exc:
         about_payload = exc.errors and not isinstance(exc, InvalidJobId)
-        _print_rejection(
+        print_rejection(
             f"invalid payload for op {op!r}" if about_payload else exc.message, exc.errors
         )
         sys.exit(EXIT_USAGE)
@@ -71,7 +71,7 @@ def submit(
     _wait_and_print(submitted.job_id, timeout)
 
 
-def _payload(json_payload: str | None, fields: tuple[str, ...]) -> dict[str, Any]:
+def payload_from(json_payload: str | None, fields: tuple[str, ...]) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     if json_payload:
         try:
@@ -103,14 +103,14 @@ def _wait_and_print(job_id: str, timeout: float | None) -> None:
         emit(status.result)
         return
     error = status.error or {}
-    _print_rejection(
+    print_rejection(
         f"job {job_id} {status.state}: {error.get('type', '')}: {error.get('message', '')}",
         error.get("details") or [],
     )
     sys.exit(EXIT_FAILED)
 
 
-def _print_rejection(headline: str, field_errors: list[dict[str, Any]]) -> None:
+def print_rejection(headline: str, field_errors: list[dict[str, Any]]) -> None:
     """The headline and one line per field error, escaped: they may carry what a sender or
     an op put there (control characters must not reach the terminal)."""
     click.echo(f"bot: {printable(headline, 2000)}", err=True)

@@ -1,8 +1,8 @@
 """The long-running services the fleet step starts in every worker besides its heartbeat: the
-reaper with the unheld-job audit (every BOT_REAPER_INTERVAL), the outbox relay (when
-BOT_REPORT_URL is set) and the /metrics server (when BOT_METRICS_PORT is set). The last two
-import their libraries (httpx, prometheus_client) only when they are configured: `import bot`,
-which every worker process and client does, must not pay for them
+reaper with the unheld-job audit and the pipeline run audit (every BOT_REAPER_INTERVAL), the
+outbox relay (when BOT_REPORT_URL is set) and the /metrics server (when BOT_METRICS_PORT is
+set). The last two import their libraries (httpx, prometheus_client) only when they are
+configured: `import bot`, which every worker process and client does, must not pay for them
 (tests/unit/test_import_discipline.py).
 
 A service is any object with `start()` and `stop()`; a `ServiceFactory` builds one from a
@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from bot.base.loop import Loop
 from bot.fleet.identity import Identity
 from bot.fleet.lifecycle import Lifecycle
+from bot.flows.run_audit import RunAudit
 from bot.outbox.relay import Relay
 from bot.recovery.reaper import Reaper
 from bot.recovery.unheld_audit import UnheldAudit
@@ -111,6 +112,12 @@ def reaper_service(context: FleetContext) -> Service:
     return PeriodicService("reaper", context.settings.reaper_interval, one_round)
 
 
+def pipeline_audit_service(context: FleetContext) -> Service:
+    """The pipeline run audit (bot/flows/run_audit.py), every BOT_REAPER_INTERVAL."""
+    audit = RunAudit(context.app)
+    return PeriodicService("pipeline audit", context.settings.reaper_interval, audit.run_once)
+
+
 def relay_service(context: FleetContext) -> Service:
     """The built-in outbox relay to the HTTP sink (bot/outbox/relay.py), with its breaker
     shown in the record."""
@@ -164,5 +171,11 @@ def metrics_service(context: FleetContext) -> Service:
     return MetricsServer(context, port)
 
 
-#: Services every worker runs: the reaper, the outbox relay, the metrics server.
-DEFAULT_SERVICES: list[ServiceFactory] = [reaper_service, relay_service, metrics_service]
+#: Services every worker runs: the reaper, the pipeline run audit, the outbox relay, the
+#: metrics server.
+DEFAULT_SERVICES: list[ServiceFactory] = [
+    reaper_service,
+    pipeline_audit_service,
+    relay_service,
+    metrics_service,
+]

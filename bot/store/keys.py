@@ -78,6 +78,11 @@ class Keys:
         return f"{self.prefix}:reaper:lock"
 
     @property
+    def pipelines_audit_lock(self) -> str:
+        """string with PX TTL: held by the one worker auditing pipeline runs at a time."""
+        return f"{self.prefix}:pipelines:audit:lock"
+
+    @property
     def stats(self) -> str:
         """hash: fleet-wide counters (duplicates skipped, lease_lost, recoveries, ...)."""
         return f"{self.prefix}:stats"

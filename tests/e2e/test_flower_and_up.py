@@ -9,12 +9,9 @@ used to set, skips the XSRF check and answers `Access-Control-Allow-Origin: *`."
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -25,96 +22,11 @@ import pytest
 
 from bot.application import create_app
 from config.settings import Settings
-from tests.support.processes import BOT, REPO_ROOT, WorkerProcess, bot_env, run_bot, wait_for
+from tests.support.flower import FLOWER_AUTH, answers, http, http_json, task_info
+from tests.support.processes import BOT, WorkerProcess, bot_env, run_bot, wait_for
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
-
-#: The credentials the `flower` fixture runs Flower with.
-FLOWER_AUTH = "tester:flower-test-password"
-
-
-def basic(credentials: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
-
-
-def json_request(
-    url: str,
-    body: dict[str, Any] | None,
-    auth: str | None,
-    headers: dict[str, str] | None = None,
-) -> urllib.request.Request:
-    """A request (a POST when there is a body) with basic auth when `auth` is given."""
-    data = json.dumps(body).encode() if body is not None else None
-    sent = {"Content-Type": "application/json", **(basic(auth) if auth else {}), **(headers or {})}
-    return urllib.request.Request(url, data=data, headers=sent)
-
-
-def http(
-    url: str,
-    body: dict[str, Any] | None = None,
-    auth: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    """One request: status, headers, body; an error status is an answer too."""
-    try:
-        with urllib.request.urlopen(json_request(url, body, auth, headers), timeout=10) as answer:
-            return answer.status, dict(answer.headers), answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def http_json(url: str, body: dict[str, Any] | None = None, auth: str | None = FLOWER_AUTH) -> Any:
-    """A JSON call to Flower's API, by default with the fixture's credentials; HTTPError
-    unless it succeeds."""
-    with urllib.request.urlopen(json_request(url, body, auth), timeout=10) as response:
-        return json.loads(response.read() or b"null")
-
-
-def task_info(flower: str, task_id: str) -> dict[str, Any]:
-    """Flower's view of a task; {} while Flower has not seen it yet (it answers 404)."""
-    try:
-        return dict(http_json(f"{flower}/api/task/info/{task_id}"))
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return {}
-        raise
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def flower(env: dict[str, str], tmp_path: Path) -> Any:
-    port = free_port()
-    log = (tmp_path / "flower.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bot",
-            "flower",
-            "--address=127.0.0.1",
-            f"--port={port}",
-        ],
-        env={**env, "FLOWER_BASIC_AUTH": FLOWER_AUTH},
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: answers(f"{base}/healthcheck"), 30, "Flower to answer")
-    yield base
-    process.terminate()
-    process.wait(timeout=15)
-    log.close()
 
 
 def test_flower_async_apply_runs_an_op_and_shows_its_worker(

@@ -18,6 +18,8 @@ BOT = str(BIN_DIR / "bot")
 #: The test-only ops (`touch`, `crash`), loaded through BOT_OPS_MODULES; named, not imported,
 #: so importing this module registers nothing.
 FAULT_OPS = "tests.support.fault_ops"
+#: The test-only ops and pipelines of pipeline-run tests (they use `crash` too).
+PIPELINE_OPS = "tests.support.pipeline_ops"
 
 
 #: Settings that make a worker's heartbeat, retries and sink breaker fast enough for e2e tests
