@@ -65,8 +65,13 @@ class StageContext:
 
 
 def stage_of(request: Any) -> StageContext | None:
-    """The stage context of the running task's message, or None (a plain job)."""
+    """The stage context of the running task's message, or None (a plain job). A worker
+    sees the message's headers as attributes of the request; an eager call (`apply`) keeps
+    them in `request.headers`."""
     raw = getattr(request, STAGE_HEADER, None)
+    if raw is None:
+        headers = getattr(request, "headers", None)
+        raw = headers.get(STAGE_HEADER) if isinstance(headers, dict) else None
     if raw is None:
         return None
     context = parse(raw)

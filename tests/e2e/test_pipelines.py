@@ -112,6 +112,7 @@ def test_failure_policies_stop_the_run_or_pass_the_default_on(
 
     kept_on = run_to_end(app, "fails_continue", "cont-1", seconds=0)
     stopped = run_to_end(app, "fails_stop", "stop-1", seconds=0)
+    retried = run_to_end(app, "flaky_mid", "flaky-1", seconds=0)
 
     # "continue": stage 2's job failed (with its own report), its default went on to stage 3
     assert kept_on.state == "succeeded" and kept_on.outcome["result"] == {"executions": 1}
@@ -123,9 +124,14 @@ def test_failure_policies_stop_the_run_or_pass_the_default_on(
     assert error["message"].startswith("stage 2 (p_fail) ended failed: p_fail fails on purpose")
     assert states(stopped) == [("succeeded",), ("failed",), ("queued",)]
     assert not client.exists("bot:job:stop-1.s3")
+    # a transient failure is retried within its stage, which still reports to its run
+    assert retried.state == "succeeded"
+    assert states(retried) == [("succeeded",), ("succeeded",), ("succeeded",)]
+    assert touches(client, "flaky-1.s2") == 2
     assert reports_per_job(client) == Counter(
         {"cont-1.s1": 1, "cont-1.s2": 1, "cont-1.s3": 1, "cont-1": 1}
         | {"stop-1.s1": 1, "stop-1.s2": 1, "stop-1": 1}
+        | {"flaky-1.s1": 1, "flaky-1.s2": 1, "flaky-1.s3": 1, "flaky-1": 1}
     )
 
 

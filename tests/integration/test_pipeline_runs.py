@@ -19,8 +19,9 @@ from bot.flows.run_audit import RunAudit
 from bot.flows.run_end import end_run, run_store
 from bot.flows.run_record import plan
 from bot.jobs.reports import Report, ReportError
-from bot.jobs.stage import STAGE_HEADER, parse
+from bot.jobs.stage import STAGE_HEADER, StageContext, parse
 from bot.pipelines import PIPELINES
+from bot.runtime.process import RUNTIME
 from tests.support.processes import FAULT_OPS, PIPELINE_OPS
 
 pytestmark = pytest.mark.integration
@@ -231,3 +232,72 @@ def test_one_audit_at_a_time(app: BotApp, client: redis.Redis) -> None:
     client.set("bot:pipelines:audit:lock", "another", px=5000)
 
     assert not RunAudit(app).run_once()
+
+
+@pytest.fixture
+def owner(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run tasks as worker instance "A", with a live lease, as a worker's pool child would."""
+    monkeypatch.setattr(RUNTIME, "instance_id", "A")
+    client.set("bot:lease:A", "1", px=60_000)
+    return "A"
+
+
+def stage_header(run_id: str, index: int, **policy: Any) -> dict[str, Any]:
+    context = StageContext(run_id, "fails_continue", index, 1, 3, **policy)
+    return {STAGE_HEADER: context.header()}
+
+
+def test_a_stage_delivered_again_after_its_job_ended_replays_its_result(
+    app: BotApp, client: redis.Redis, owner: str
+) -> None:
+    started(app, "fails_continue", "run-l")
+    first_stage = app.tasks["ops.p_begin"]
+
+    first = first_stage.apply(
+        kwargs={"seconds": 2}, task_id="run-l.s1", headers=stage_header("run-l", 1)
+    )
+    again = first_stage.apply(
+        kwargs={"seconds": 2}, task_id="run-l.s1", headers=stage_header("run-l", 1)
+    )
+
+    # the body ran once; the second delivery passed the recorded output on again
+    assert first.get() == again.get() == {"seconds": 2.0}
+    assert client.get("bot:faults:touches:run-l.s1") == "1"
+    record = run_store(app).read("run-l")
+    assert record is not None and record.stages[0].states == ("succeeded",)
+    assert [f["job_id"] for _, f in client.xrange("bot:outbox")] == ["run-l.s1"]
+
+
+def test_a_continue_stage_passes_its_default_on_and_a_stop_stage_ends_the_run(
+    app: BotApp, client: redis.Redis, owner: str
+) -> None:
+    started(app, "fails_continue", "run-m")
+    failing = app.tasks["ops.p_fail"]
+    header = stage_header("run-m", 2, on_failure="continue", default={"seconds": 0.25})
+
+    kept_on = failing.apply(args=({"seconds": 1},), task_id="run-m.s2", headers=header)
+    assert kept_on.get() == {"seconds": 0.25}
+    assert run_store(app).state("run-m") == "running"
+
+    started(app, "fails_continue", "run-n")
+    stopped = failing.apply(
+        args=({"seconds": 1},), task_id="run-n.s2", headers=stage_header("run-n", 2)
+    )
+    assert stopped.failed() and isinstance(stopped.result, ValueError)
+    record = run_store(app).read("run-n")
+    assert record is not None and record.state == "failed"
+    assert record.outcome["error"]["message"].startswith("stage 2 (p_fail) ended failed")
+
+
+def test_a_stage_of_an_ended_run_is_not_run(app: BotApp, client: redis.Redis, owner: str) -> None:
+    started(app, "fails_continue", "run-o")
+    end_run(app, "run-o", "failed", error=ReportError(type="X", message="over"))
+
+    late = app.tasks["ops.p_last"].apply(
+        args=({"seconds": 1},), task_id="run-o.s3", headers=stage_header("run-o", 3)
+    )
+
+    assert late.state == "IGNORED"
+    assert not client.exists("bot:job:run-o.s3")
+    record = run_store(app).read("run-o")
+    assert record is not None and record.stages[2].states == ("skipped",)

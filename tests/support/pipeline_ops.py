@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from bot.errors import TransientError
 from bot.ops import op
 from bot.pipelines import parallel, pipeline, stage
 from tests.support.fault_ops import crash, touch_count
@@ -47,6 +48,14 @@ def p_fail(seconds: float) -> Pause:
     """Always fails (a ValueError, not retried)."""
     touch_count()
     raise ValueError("p_fail fails on purpose")
+
+
+@op("p_flaky")
+def p_flaky(seconds: float) -> Pause:
+    """Fails with a transient error on its first execution (retried), then passes on."""
+    if touch_count() == 1:
+        raise TransientError("p_flaky: first try fails")
+    return Pause(seconds=seconds)
 
 
 @op("p_last")
@@ -90,3 +99,4 @@ pipeline(
     "p_last",
 )
 pipeline("fails_stop", "p_begin", "p_fail", "p_last")
+pipeline("flaky_mid", "p_begin", "p_flaky", "p_last", description="stage 2 is retried once")

@@ -4,7 +4,7 @@ KEYS[1]  run record hash            bot:pipeline:{run_id}
 KEYS[2]  running runs zset          bot:pipelines:running
 ARGV[1]  run id
 ARGV[2]  pipeline name
-ARGV[3]  plan JSON: [[job_id, ...] per stage]
+ARGV[3]  plan JSON: one {ops, jobs} object per stage
 ARGV[4]  now (ms)
 ARGV[5]  seconds the record lives without a change (BOT_JOB_TTL; each stage change renews it)
 ARGV[6]  payload digest ('' when the run was not claimed by a caller's id)
