@@ -259,7 +259,7 @@ def on(
 
     def decorate(fn: F) -> F:
         _check_function(fn, module)
-        default = f"{fn.__module__}.{fn.__qualname__}"
+        default = f"{fn.__module__}.{fn.__qualname__}".replace(".<locals>", "")
         TRIGGERS.define(_declare(name or default, statuses, source, target, fn, None, module))
         return fn
 
@@ -277,7 +277,9 @@ def _declare(
 ) -> Trigger:
     if not isinstance(name, str) or not _NAME.match(name):
         raise TriggerDefinitionError(
-            f"trigger name {name!r} must match {_NAME.pattern} (it is part of job ids)", module
+            f"trigger name {name!r} must match {_NAME.pattern} (it is part of job ids; "
+            "give one with name=)",
+            module,
         )
     if fn is None and source == target:
         raise TriggerDefinitionError(
