@@ -15,6 +15,7 @@ import pytest
 
 from bot import Report, on
 from bot.base.exits import EXIT_USAGE
+from bot.fleet.services import Disabled, FleetContext, trigger_service
 from bot.flows.run_record import MAX_RUN_ID_LENGTH
 from bot.flows.triggers import trigger_job_id
 from bot.jobs.envelope import job_id_problem
@@ -29,6 +30,7 @@ from bot.pipelines.triggers import (
     TriggerDefinitionError,
     TriggerRegistry,
 )
+from config.settings import ConfigError, Settings, load_settings
 from tests.support.processes import REPO_ROOT, run_to_end
 from tests.unit.test_pipeline_discovery import env_with
 
@@ -246,3 +248,24 @@ def test_a_trigger_on_an_op_of_a_later_module_is_listed_and_an_unknown_one_stops
         " registered (known: "
     )
     assert alone.stderr.rstrip().endswith("(declared in early_trigger)")
+
+
+def test_the_worker_runs_no_trigger_consumer_when_bot_triggers_is_off() -> None:
+    context = FleetContext(
+        app=None,
+        settings=Settings(triggers=False),
+        identity=None,  # type: ignore[arg-type]
+        lifecycle=None,  # type: ignore[arg-type]
+        breakers={},
+    )
+
+    service = trigger_service(context)
+
+    assert isinstance(service, Disabled) and service.why == "BOT_TRIGGERS is off"
+
+
+def test_a_claim_idle_that_is_not_positive_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_TRIGGER_CLAIM_IDLE", "0")
+
+    with pytest.raises(ConfigError, match="BOT_TRIGGER_CLAIM_IDLE: Input should be greater than 0"):
+        load_settings()
