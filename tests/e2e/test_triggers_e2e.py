@@ -18,8 +18,14 @@ from bot.application import BotApp
 from bot.flows.triggers import TRIGGER_GROUP, trigger_job_id
 from bot.store.keys import Keys
 from tests.support.processes import FAST_FLEET, WorkerProcess, run_bot, wait_for
-from tests.support.trigger_ops import ON_EMIT, ON_EMIT_FAILED, TRIGGER_OPS
-from tests.support.trigger_process import TriggerProcess
+from tests.support.trigger_process import (
+    ON_EMIT,
+    ON_EMIT_FAILED,
+    ON_EMIT_PIPELINE,
+    ON_SQUARES,
+    TRIGGER_OPS,
+    TriggerProcess,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +116,32 @@ def test_a_succeeded_report_triggers_an_op_that_runs_once_in_a_real_worker(
     assert reports_of(client, fired) == reports_of(client, fired_on_failure) == 1
     listed = run_bot(trigger_env, "triggers", "--json")
     assert listed.returncode == 0, listed.stderr
-    assert [t["name"] for t in json.loads(listed.stdout)] == [ON_EMIT, ON_EMIT_FAILED]
+    assert [t["name"] for t in json.loads(listed.stdout)] == [
+        ON_EMIT,
+        ON_EMIT_FAILED,
+        ON_EMIT_PIPELINE,
+        ON_SQUARES,
+    ]
+
+
+def test_an_op_starts_a_pipeline_whose_report_starts_an_op(
+    workers: Callable[..., WorkerProcess],
+    trigger_env: dict[str, str],
+    bot_app: BotApp,
+    client: redis.Redis,
+) -> None:
+    workers("w1", extra_env=trigger_env)
+    wait_for(lambda: trigger_group(client), 20, "the worker's trigger consumer group")
+
+    emit(bot_app, "src-p", mode="pipeline")
+    run_id = trigger_job_id(ON_EMIT_PIPELINE, "src-p", 180)
+    after_run = trigger_job_id(ON_SQUARES, run_id)
+    wait_for(lambda: state(client, after_run) == "succeeded", 45, "the touch after the run")
+
+    run = client.hgetall(KEYS.pipeline(run_id))
+    assert run["state"] == "succeeded", run
+    assert reports_of(client, run_id) == 1 and touches(client, after_run) == 1
+    assert not client.exists(KEYS.job(trigger_job_id(ON_EMIT, "src-p")))  # it said None
 
 
 def test_a_trigger_fires_once_per_report_under_a_consumer_kill_and_a_redelivery(

@@ -11,6 +11,16 @@ from typing import Any
 
 from tests.support.processes import BOT, ManagedProcess
 
+#: What BOT_OPS_MODULES names to load the trigger test ops (tests/support/trigger_ops.py) with
+#: the fault ops whose `touch` they start; named, not imported, so importing this module
+#: declares no trigger.
+TRIGGER_OPS = "tests.support.fault_ops,tests.support.trigger_ops"
+#: The test triggers' names, as they appear in the ids of the jobs they start.
+ON_EMIT = "tests.on_emit"
+ON_EMIT_FAILED = "tests.on_emit_failed"
+ON_EMIT_PIPELINE = "tests.on_emit_pipeline"
+ON_SQUARES = "tests.on_squares"
+
 
 class TriggerProcess(ManagedProcess):
     kind = "trigger consumer"
