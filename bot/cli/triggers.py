@@ -15,9 +15,8 @@ import click
 # Importing bot builds the app, which discovers the ops, pipelines and triggers.
 from bot import app
 from bot.base.exits import EXIT_USAGE
-from bot.flows.triggers import TriggerSink, trigger_consumer
+from bot.flows.triggers import TriggerConsumer, TriggerSink, trigger_consumer
 from bot.jobs.envelope import printable
-from bot.outbox.relay import Relay
 from bot.pipelines.triggers import TRIGGERS, Trigger
 from config.logging_setup import LogContext, configure_logging
 
@@ -66,7 +65,7 @@ def run(status_file: Path | None) -> None:
     consumer.stop()
 
 
-def _write_status(path: Path, consumer: Relay) -> None:
+def _write_status(path: Path, consumer: TriggerConsumer) -> None:
     sink = consumer.sink.snapshot() if isinstance(consumer.sink, TriggerSink) else {}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({**consumer.snapshot(), "sink": sink}), encoding="utf-8")

@@ -49,6 +49,7 @@ from bot.jobs.ports import AppPort
 from bot.jobs.reports import Report
 from bot.outbox.delivery import DeliveryFailed, DeliveryRejected
 from bot.outbox.relay import Relay
+from bot.outbox.relay_config import RelayConfig
 from bot.outbox.stream import Outbox
 from bot.pipelines.triggers import TRIGGERS, Target, Trigger, TriggerRegistry
 
@@ -205,15 +206,29 @@ def ensure_trigger_group(outbox: Outbox) -> bool:
     return outbox.ensure_group(TRIGGER_GROUP, outbox.stream, start_id="$")
 
 
+class TriggerConsumer(Relay):
+    """The relay of the `triggers` group. Before its first pass it creates the group at the
+    outbox's end (in its thread, so a Redis error there is retried like any other); a group
+    lost later with Redis's data (NOGROUP) is created again from the start of the new stream,
+    as the relay does, so no report written since is missed."""
+
+    _group_created = False
+
+    def run_once(self, block_ms: int = 0) -> int:
+        if not self._group_created:
+            ensure_trigger_group(self.outbox)
+            self._group_created = True
+        return super().run_once(block_ms)
+
+
 def trigger_consumer(
     app: AppPort, consumer: str, registry: TriggerRegistry = TRIGGERS, **overrides: Any
-) -> Relay:
-    """The trigger consumer named `consumer` (a worker's instance id), its group created; start
-    it with `.start()`. `overrides` are RelayConfig fields (tests)."""
+) -> TriggerConsumer:
+    """The trigger consumer named `consumer` (a worker's instance id); start it with
+    `.start()`. `overrides` are RelayConfig fields (tests)."""
     settings = app.settings
     sink = TriggerSink(app, registry)
     if settings.trigger_claim_idle is not None:
         overrides.setdefault("claim_idle_ms", int(settings.trigger_claim_idle * 1000))
-    relay = Relay.from_settings(settings, app.redis(), sink, consumer, **overrides)
-    ensure_trigger_group(relay.outbox)
-    return relay
+    config = RelayConfig.from_settings(settings, sink.timeout_s, **overrides)
+    return TriggerConsumer(app.redis(), app.keys, sink, consumer, config)

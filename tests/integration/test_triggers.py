@@ -68,7 +68,10 @@ def add_report(
 
 
 def consumer(app: BotApp, name: str, registry: TriggerRegistry, **config: Any) -> Relay:
-    return trigger_consumer(app, name, registry, **{**FAST, **config})
+    """A trigger consumer after its first pass, as a started one is: its group exists."""
+    started = trigger_consumer(app, name, registry, **{**FAST, **config})
+    started.run_once()
+    return started
 
 
 def job(client: redis.Redis, job_id: str) -> dict[str, str]:
@@ -268,5 +271,20 @@ def test_the_group_holds_trimming_until_it_has_read_and_shows_in_bot_outbox(
     assert trimmed_unread == 0
     assert shown.returncode == 0, shown.stderr
     [line] = [line for line in shown.stdout.splitlines() if line.startswith(TRIGGER_GROUP)]
-    assert line.split()[1:4] == ["0", "0", "3"]  # consumers (none has read yet), pending, unread
+    assert line.split()[1:4] == ["0", "0", "3"]  # consumers (none read one yet), pending, unread
     assert trimmed_read == 3 and client.xlen(OUTBOX) == 0
+
+
+def test_an_entry_that_is_not_a_report_is_dead_lettered_and_the_next_report_fires(
+    bot_app: BotApp, client: redis.Redis
+) -> None:
+    trigger_consumer_ = consumer(bot_app, "c1", registry_of(touch_on_sum()))
+    client.xadd(OUTBOX, {"job_id": "forged", "report": '{"job_id": "forged", "op": 1}'})
+    add_report(client, "j1")
+
+    trigger_consumer_.run_once()
+
+    [dead] = Outbox(client, bot_app.keys).dead()
+    assert (dead["job_id"], dead["group"]) == ("forged", TRIGGER_GROUP)
+    assert dead["reason"].startswith("not a report: ")
+    assert job(client, "trg.t.touch.j1") and group_stats(bot_app)["owed"] == 0
