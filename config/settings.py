@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     #: Run the trigger consumer (bot/flows/triggers.py) in every worker that has triggers.
     triggers: bool = True
     #: Seconds a report pending on a trigger consumer waits before another consumer claims it
-    #: (its consumer died); default: one lease TTL plus TRIGGER_TIMEOUT_S.
+    #: (its consumer died); default: one lease TTL plus 10 s (bot.flows.triggers.TRIGGER_TIMEOUT_S).
     trigger_claim_idle: float | None = Field(None, gt=0)
 
     @field_validator("redis_url", "result_url")
