@@ -1,7 +1,8 @@
 """bot: a worker fleet for running jobs reliably on many hosts, on Celery and Redis.
 
 `bot.app` is the Celery app (`celery -A bot worker`); `op` declares an op, `pipeline` (with
-`stage` and `parallel`) a pipeline of ops. Importing `bot` reads the `BOT_*`
+`stage` and `parallel`) a pipeline of ops, `on` a trigger (a report starts an op or pipeline;
+its function takes a `Report`). Importing `bot` reads the `BOT_*`
 settings once; a bad value stops the process with one line and exit code 2.
 """
 
@@ -12,11 +13,22 @@ import sys
 from bot.application import BotApp, create_app
 from bot.base.version import __version__
 from bot.jobs.progress import progress
+from bot.jobs.reports import Report
 from bot.ops import op
-from bot.pipelines import parallel, pipeline, stage
+from bot.pipelines import on, parallel, pipeline, stage
 from config.settings import ConfigError, load_settings
 
-__all__ = ["__version__", "app", "op", "parallel", "pipeline", "progress", "stage"]
+__all__ = [
+    "Report",
+    "__version__",
+    "app",
+    "on",
+    "op",
+    "parallel",
+    "pipeline",
+    "progress",
+    "stage",
+]
 
 
 def _build_app() -> BotApp:

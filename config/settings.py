@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     #: (docs/benchmarks.md); `bot fleet`, the queue metrics and Flower's broker page show the
     #: backlog without them.
     task_sent_events: bool = False
+    #: Run the trigger consumer (bot/flows/triggers.py) in every worker that has triggers.
+    triggers: bool = True
+    #: Seconds a report pending on a trigger consumer waits before another consumer claims it
+    #: (its consumer died); default: one lease TTL plus 10 s (bot.flows.triggers.TRIGGER_TIMEOUT_S).
+    trigger_claim_idle: float | None = Field(None, gt=0)
 
     @field_validator("redis_url", "result_url")
     @classmethod

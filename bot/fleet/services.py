@@ -1,7 +1,8 @@
 """The long-running services the fleet step starts in every worker besides its heartbeat: the
 reaper with the unheld-job audit and the pipeline run audit (every BOT_REAPER_INTERVAL), the
-outbox relay (when BOT_REPORT_URL is set) and the /metrics server (when BOT_METRICS_PORT is
-set). The last two import their libraries (httpx, prometheus_client) only when they are
+outbox relay (when BOT_REPORT_URL is set), the trigger consumer (when triggers are declared and
+BOT_TRIGGERS is on) and the /metrics server (when BOT_METRICS_PORT is set). The relay and the
+metrics server import their libraries (httpx, prometheus_client) only when they are
 configured: `import bot`, which every worker process and client does, must not pay for them
 (tests/unit/test_import_discipline.py).
 
@@ -28,7 +29,9 @@ from bot.base.loop import Loop
 from bot.fleet.identity import Identity
 from bot.fleet.lifecycle import Lifecycle
 from bot.flows.run_audit import RunAudit
+from bot.flows.triggers import trigger_consumer
 from bot.outbox.relay import Relay
+from bot.pipelines.triggers import TRIGGERS
 from bot.recovery.reaper import Reaper
 from bot.recovery.unheld_audit import UnheldAudit
 from bot.runtime import worker_state
@@ -138,6 +141,18 @@ def relay_service(context: FleetContext) -> Service:
     return relay
 
 
+def trigger_service(context: FleetContext) -> Service:
+    """The trigger consumer (bot/flows/triggers.py): fires the declared triggers on the reports
+    in the outbox; its breaker (`sink:triggers`) is shown in the record."""
+    if not context.settings.triggers:
+        return Disabled("triggers", "BOT_TRIGGERS is off")
+    if not len(TRIGGERS):
+        return Disabled("triggers", "no trigger is declared")
+    consumer = trigger_consumer(context.app, context.identity.instance_id)
+    context.breakers[consumer.breaker.name] = consumer.breaker
+    return consumer
+
+
 class MetricsServer:
     """Serves /metrics on BOT_METRICS_ADDR:BOT_METRICS_PORT from the worker's main process (an
     HTTP server thread of prometheus_client's own, not a loop)."""
@@ -172,10 +187,11 @@ def metrics_service(context: FleetContext) -> Service:
 
 
 #: Services every worker runs: the reaper, the pipeline run audit, the outbox relay, the
-#: metrics server.
+#: trigger consumer, the metrics server.
 DEFAULT_SERVICES: list[ServiceFactory] = [
     reaper_service,
     pipeline_audit_service,
     relay_service,
+    trigger_service,
     metrics_service,
 ]

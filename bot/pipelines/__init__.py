@@ -7,6 +7,7 @@ defined (each stage's output must fit the next stage's payload model).
 - contract.py: how a stage's output becomes the next stage's input, and the check of it;
 - samples.py: representative values of a JSON Schema, for that check;
 - registry.py: `pipeline()`, `PipelineSpec`, `PIPELINES`, the task name `pipelines.<name>`;
+- triggers.py: `on()`, `Trigger`, `TRIGGERS`: a report of an op or pipeline starts another;
 - discovery.py: `discover_pipelines`, ops discovery followed by the deferred checks.
 
 Running a pipeline is not here (yet): this package only defines and checks them.
@@ -33,12 +34,14 @@ from bot.pipelines.stages import (
     parallel,
     stage,
 )
+from bot.pipelines.triggers import TRIGGERS, Trigger, TriggerDefinitionError, TriggerRegistry, on
 
 __all__ = [
     "NO_DEFAULT",
     "PIPELINES",
     "RESULTS_FIELD",
     "TASK_PREFIX",
+    "TRIGGERS",
     "FailurePolicy",
     "Parallel",
     "Pipeline",
@@ -46,7 +49,11 @@ __all__ = [
     "PipelineRegistry",
     "PipelineSpec",
     "Stage",
+    "Trigger",
+    "TriggerDefinitionError",
+    "TriggerRegistry",
     "discover_pipelines",
+    "on",
     "parallel",
     "pipeline",
     "stage",
