@@ -5,10 +5,18 @@ pipeline start) submit through here, from a client process or from inside a work
 A caller's id is claimed before the message is sent (the record is created `queued`, bound to
 what was submitted), so the same id submitted twice, or by two processes at once, is enqueued
 once. A send that fails frees the id again, so submitting it again can succeed.
+
+A process killed between the claim and the send leaves the id claimed (`queued`) with no
+message. A submitter that derives its ids from an event it may see again (a trigger, a
+schedule slot) passes `resend_queued=True`: an id still `queued` for the same payload is sent
+again. That can put a second message of the job on the queue, which is harmless (the job's
+record lets one delivery run it; the other is acked as a duplicate), and it is what makes
+the event's redelivery repair the lost send.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +31,18 @@ from bot.jobs.ports import AppPort
 from bot.ops import REGISTRY, check_size
 from bot.pipelines.registry import PIPELINES
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Submitted:
     """What a submission did: the job (or run) id, and whether it was enqueued now (False: the
-    id was known already, an idempotent resubmission)."""
+    id was known already, an idempotent resubmission). `resent`: the id was known and still
+    `queued`, and its message was sent again (`resend_queued`)."""
 
     id: str
     enqueued: bool
+    resent: bool = False
 
 
 def submit_op(
@@ -41,9 +53,10 @@ def submit_op(
     job_id: str | None = None,
     queue: str | None = None,
     countdown: float | None = None,
+    resend_queued: bool = False,
 ) -> Submitted:
     """Validate and enqueue `op` with `payload`. Raises PayloadRejected / UnknownOp /
-    InvalidJobId."""
+    InvalidJobId. `resend_queued`: see the module docstring."""
     if job_id is not None:
         check_job_id(job_id)
     spec = REGISTRY.get(op)
@@ -51,10 +64,15 @@ def submit_op(
     check_size(data, app.settings.max_payload_bytes)
     spec.validate(data)  # the worker validates again; what is sent is what the caller gave
     queue = queue or spec.queue or app.settings.default_queue
+    digest = payload_digest([], as_sent(data))
     if job_id is not None and not app.job_store().claim(
-        job_id, spec.name, queue, payload_digest([], as_sent(data)), app.settings.job_ttl
+        job_id, spec.name, queue, digest, app.settings.job_ttl
     ):
-        return Submitted(job_id, enqueued=False)
+        if not (resend_queued and still_queued(app, app.keys.job(job_id), digest)):
+            return Submitted(job_id, enqueued=False)
+        logger.info("job %s: claimed but still queued; sent again", job_id)
+        app.send_task(spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown)
+        return Submitted(job_id, enqueued=False, resent=True)
     try:
         result = app.send_task(
             spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown
@@ -73,10 +91,12 @@ def submit_pipeline(
     *,
     run_id: str | None = None,
     queue: str | None = None,
+    resend_queued: bool = False,
 ) -> Submitted:
     """Validate `payload` for the pipeline's first stage and enqueue its start (the task
     `pipelines.<name>`, whose id is the run id). Raises PayloadRejected / UnknownPipeline /
-    InvalidJobId. The same `run_id` again starts nothing."""
+    InvalidJobId. The same `run_id` again starts nothing (`resend_queued`: see the module
+    docstring)."""
     spec = PIPELINES.get(name)
     if run_id is not None:
         check_run_id(run_id)
@@ -89,7 +109,11 @@ def submit_pipeline(
     if run_id is not None and not runs.claim(
         run_id, spec.name, queue, digest, app.settings.job_ttl
     ):
-        return Submitted(run_id, enqueued=False)
+        if not (resend_queued and still_queued(app, app.keys.pipeline(run_id), digest)):
+            return Submitted(run_id, enqueued=False)
+        logger.info("pipeline run %s: claimed but still queued; sent again", run_id)
+        app.send_task(spec.task_name, kwargs=data, task_id=run_id, queue=queue)
+        return Submitted(run_id, enqueued=False, resent=True)
     try:
         result = app.send_task(spec.task_name, kwargs=data, task_id=run_id, queue=queue)
     except Exception:
@@ -97,6 +121,12 @@ def submit_pipeline(
             app.redis().delete(app.keys.pipeline(run_id))
         raise
     return Submitted(result.id, enqueued=True)
+
+
+def still_queued(app: AppPort, key: str, digest: str) -> bool:
+    """Whether the record at `key` is still `queued` for a submission of this digest."""
+    state, claimed = app.redis().hmget(key, ["state", "digest"])
+    return state == "queued" and claimed == digest
 
 
 def as_dict(payload: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:

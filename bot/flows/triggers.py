@@ -91,8 +91,8 @@ def submit_target(
 ) -> Submitted:
     """Submit op `target` (job id `trigger_id`) or start pipeline `target` (run id)."""
     if target.kind == "op":
-        return submit_op(app, target.name, payload, job_id=trigger_id)
-    return submit_pipeline(app, target.name, payload, run_id=trigger_id)
+        return submit_op(app, target.name, payload, job_id=trigger_id, resend_queued=True)
+    return submit_pipeline(app, target.name, payload, run_id=trigger_id, resend_queued=True)
 
 
 class TriggerSink:
