@@ -394,3 +394,22 @@ def test_what_celery_cannot_take_is_rejected_and_a_connection_error_propagates(
             RawMessage({"id": "odd-3", "task": "ops.sum"}, sound), ack
         )
     assert ack.count == 1
+
+
+@pytest.mark.parametrize("task", ["pipelines.difference_of_squares", "bot.pipeline.finish"])
+def test_a_malformed_message_for_a_pipeline_task_is_dropped_failed_and_acked(
+    bot_app: BotApp, client: redis.Redis, monkeypatch: pytest.MonkeyPatch, task: str
+) -> None:
+    inner, ack = InnerStrategy(), Acks()
+    monkeypatch.setattr("bot.jobs.intake.default_strategy", lambda *_, **__: inner)
+    consumer = Consumer(connection_errors=(redis.ConnectionError,))
+
+    guarded(bot_app.tasks[task], bot_app, consumer)(
+        RawMessage({"id": "bad-run-1", "task": task}, b"[[], 7, {}]"), None, ack, None, None
+    )
+
+    # no job or run record to end: Celery's result says FAILURE, nothing reached Celery
+    assert inner.taken == [] and ack.count == 1
+    assert bot_app.AsyncResult("bad-run-1").state == "FAILURE"
+    assert client.xlen(KEYS.outbox) == 0
+    assert not client.exists(KEYS.job("bad-run-1"), "bot:pipeline:bad-run-1")
