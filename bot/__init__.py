@@ -2,7 +2,8 @@
 
 `bot.app` is the Celery app (`celery -A bot worker`); `op` declares an op, `pipeline` (with
 `stage` and `parallel`) a pipeline of ops, `on` a trigger (a report starts an op or pipeline;
-its function takes a `Report`). Importing `bot` reads the `BOT_*`
+its function takes a `Report`), `schedule` an op or pipeline run on a cron expression or an
+interval (`celery -A bot beat`). Importing `bot` reads the `BOT_*`
 settings once; a bad value stops the process with one line and exit code 2.
 """
 
@@ -15,7 +16,7 @@ from bot.base.version import __version__
 from bot.jobs.progress import progress
 from bot.jobs.reports import Report
 from bot.ops import op
-from bot.pipelines import on, parallel, pipeline, stage
+from bot.pipelines import on, parallel, pipeline, schedule, stage
 from config.settings import ConfigError, load_settings
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "parallel",
     "pipeline",
     "progress",
+    "schedule",
     "stage",
 ]
 

@@ -72,4 +72,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_autoscaler": "bot.broker.autoscale:QueueDepthAutoscaler",
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,
+        **beat_config(settings),
+    }
+
+
+#: A dead beat's redbeat lock expires after this many max intervals (redbeat's own ratio).
+BEAT_LOCK_INTERVALS = 5
+#: Seconds redbeat's Redis client retries a lost connection before the beat gives up.
+BEAT_REDIS_RETRY_S = 60
+
+
+def beat_config(settings: Settings) -> dict[str, Any]:
+    """celery beat with celery-redbeat's lock and bot's schedules (bot/flows/beat.py), on the
+    broker's Redis under BOT_KEY_PREFIX (the prefix is `Keys.redbeat_prefix`)."""
+    return {
+        "beat_scheduler": "bot.flows.beat:BotScheduler",
+        "beat_max_loop_interval": settings.beat_max_interval,
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_redis_options": {"retry_period": BEAT_REDIS_RETRY_S},
+        "redbeat_key_prefix": f"{settings.key_prefix}:redbeat:",
+        "redbeat_lock_timeout": settings.beat_max_interval * BEAT_LOCK_INTERVALS,
     }

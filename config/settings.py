@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
     key_prefix: str = Field("bot", min_length=1)
+    #: The longest a beat sleeps between ticks, and how often a waiting beat tries for the
+    #: lock; a dead beat's lock expires after five of these (bot/flows/beat.py).
+    beat_max_interval: float = Field(5.0, gt=0, le=300)
     #: Celery task events (what Flower shows): off for a fleet that runs no Flower.
     task_events: bool = True
     #: `task-sent` events from producers, so Flower lists a job before a worker receives it.

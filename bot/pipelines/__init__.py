@@ -7,10 +7,13 @@ defined (each stage's output must fit the next stage's payload model).
 - contract.py: how a stage's output becomes the next stage's input, and the check of it;
 - samples.py: representative values of a JSON Schema, for that check;
 - registry.py: `pipeline()`, `PipelineSpec`, `PIPELINES`, the task name `pipelines.<name>`;
+- cron.py: cron expressions and their slots in a time zone;
+- schedules.py: `schedule()`, `Schedule`, `SCHEDULES`, slot ids `sched.<name>.<UTC time>`;
 - triggers.py: `on()`, `Trigger`, `TRIGGERS`: a report of an op or pipeline starts another;
 - discovery.py: `discover_pipelines`, ops discovery followed by the deferred checks.
 
-Running a pipeline is not here (yet): this package only defines and checks them.
+Running pipelines, schedules and triggers is not here: this package only defines and checks
+them (bot.flows runs them).
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ from bot.pipelines.registry import (
     PipelineRegistry,
     PipelineSpec,
     pipeline,
+)
+from bot.pipelines.schedules import (
+    SCHEDULES,
+    Schedule,
+    ScheduleDefinitionError,
+    ScheduleRegistry,
+    schedule,
+    slot_id,
 )
 from bot.pipelines.stages import (
     NO_DEFAULT,
@@ -40,6 +51,7 @@ __all__ = [
     "NO_DEFAULT",
     "PIPELINES",
     "RESULTS_FIELD",
+    "SCHEDULES",
     "TASK_PREFIX",
     "TRIGGERS",
     "FailurePolicy",
@@ -48,6 +60,9 @@ __all__ = [
     "PipelineDefinitionError",
     "PipelineRegistry",
     "PipelineSpec",
+    "Schedule",
+    "ScheduleDefinitionError",
+    "ScheduleRegistry",
     "Stage",
     "Trigger",
     "TriggerDefinitionError",
@@ -56,5 +71,7 @@ __all__ = [
     "on",
     "parallel",
     "pipeline",
+    "schedule",
+    "slot_id",
     "stage",
 ]

@@ -50,6 +50,17 @@ class Keys:
         return f"{self.prefix}:pipelines:running"
 
     @property
+    def schedule_slots(self) -> str:
+        """zset: schedule name -> the last slot it fired (epoch seconds), only moved forward."""
+        return f"{self.prefix}:schedules:last"
+
+    @property
+    def redbeat_prefix(self) -> str:
+        """celery-redbeat's `redbeat_key_prefix`: its lock is `<this>:lock` (redbeat adds the
+        colon: `bot:redbeat::lock`), its schedule `<this>:schedule`, an entry `<this><name>`."""
+        return f"{self.prefix}:redbeat:"
+
+    @property
     def ops(self) -> str:
         """hash: op name -> JSON Schema of its payload."""
         return f"{self.prefix}:ops"
