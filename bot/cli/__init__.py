@@ -1,6 +1,6 @@
 """The `bot` command line. One module per concern registers its commands on `main`:
-jobs (submit, status, ops), pipelines, triggers, fleet (fleet, health), outbox, up (run a local
-fleet)."""
+jobs (submit, status, ops), pipelines, schedules, triggers, fleet (fleet, health), outbox, up
+(run a local fleet)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 
 import click
 
-_COMMAND_MODULES = ("jobs", "pipelines", "triggers", "fleet", "outbox", "up")
+_COMMAND_MODULES = ("jobs", "pipelines", "schedules", "triggers", "fleet", "outbox", "up")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

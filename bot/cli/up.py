@@ -1,9 +1,12 @@
-"""`bot up`: run a local fleet — a worker with --autoscale and Flower — against BOT_REDIS_URL.
-The command and the supervisor behind it (`LocalFleet`, `run`).
+"""`bot up`: run a local fleet — a worker with --autoscale, celery beat (the schedules) and
+Flower — against BOT_REDIS_URL. The command and the supervisor behind it (`LocalFleet`, `run`).
 
 When nothing answers at a loopback BOT_REDIS_URL and `redis-server` is on PATH, a private one is
 started with AOF under the state dir. Ctrl-C (or SIGTERM) stops everything this started, worker
-first (a warm shutdown), then Flower, then the private Redis.
+(a warm shutdown), beat and Flower first, then the private Redis.
+
+The beat is safe beside the beats of other hosts: it fires schedules only while it holds
+celery-redbeat's lock (bot/flows/beat.py).
 
 Flower always runs with HTTP basic auth: `FLOWER_BASIC_AUTH` when the user set it, otherwise
 credentials generated at start and printed once. Flower 2.2 with basic auth refuses an API call
@@ -169,6 +172,7 @@ class LocalFleet:
     flower: bool = True
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
+    beat: bool = True
     children: list[Child] = field(default_factory=list)
 
     def start(self) -> None:
@@ -176,6 +180,8 @@ class LocalFleet:
             self._start_private_redis()
         celery = [sys.executable, "-m", "celery", "-A", "bot"]
         self._spawn("worker", [*celery, "worker", f"--autoscale={self.autoscale}", "-l", "info"])
+        if self.beat:
+            self._spawn("beat", [*celery, "beat", "-l", "info"])
         if self.flower:
             auth = flower_auth(os.environ)
             self._spawn(
@@ -232,8 +238,9 @@ class LocalFleet:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """SIGTERM to Flower and the worker at once (each stops on its own; the worker drains
-        its jobs), wait for them, and only then stop Redis, which the worker needs to drain."""
+        """SIGTERM to Flower, the beat and the worker at once (each stops on its own; the
+        worker drains its jobs, the beat releases its lock), wait for them, and only then stop
+        Redis, which they need to do so."""
         users = [child for child in self.children if child.name != "redis"]
         for child in users:
             child.terminate()
@@ -271,10 +278,14 @@ def run(fleet: LocalFleet) -> int:
 @click.option("--flower/--no-flower", default=True, show_default=True, help="Also run Flower.")
 @click.option("--flower-address", default="127.0.0.1", show_default=True)
 @click.option("--flower-port", default=5555, show_default=True, type=int)
-def up(autoscale: str, flower: bool, flower_address: str, flower_port: int) -> None:
-    """Run a local fleet until Ctrl-C: a worker, Flower, and a private Redis when needed."""
+@click.option(
+    "--beat/--no-beat", default=True, show_default=True, help="Also run celery beat (schedules)."
+)
+def up(autoscale: str, flower: bool, flower_address: str, flower_port: int, beat: bool) -> None:
+    """Run a local fleet until Ctrl-C: a worker, celery beat, Flower, and a private Redis when
+    needed."""
     configure_logging(app.settings)
-    fleet = LocalFleet(app.settings, autoscale, flower, flower_address, flower_port)
+    fleet = LocalFleet(app.settings, autoscale, flower, flower_address, flower_port, beat=beat)
     sys.exit(run(fleet))
 
 

@@ -33,7 +33,7 @@ WAKE_AFTER_SLOT_S = 0.005
 RETRY_AFTER_S = 1.0
 
 
-class BotScheduler(RedBeatScheduler):  # type: ignore[misc]
+class BotScheduler(RedBeatScheduler):
     """RedBeatScheduler that also fires bot's schedules (`SCHEDULES`) on each tick."""
 
     def __init__(self, app: Any, *args: Any, clock: Clock = utc_now, **kwargs: Any) -> None:
@@ -42,7 +42,7 @@ class BotScheduler(RedBeatScheduler):  # type: ignore[misc]
         #: Schedules this beat has fired at least once: catch-up is behind them.
         self._fired: set[str] = set()
 
-    def tick(self, min: Any = min, **kwargs: Any) -> float:  # noqa: A002 - Celery's signature
+    def tick(self, min: Any = min, **kwargs: Any) -> float:  # redbeat's signature
         """redbeat's tick (extend the lock, run its entries), then bot's schedules; seconds to
         sleep."""
         wait = super().tick(min=min, **kwargs)

@@ -52,7 +52,9 @@ class SlotLedger:
         return None if score is None else _instant(float(score))
 
     def all(self) -> dict[str, datetime]:
-        pairs = self._client.zrange(self._key, 0, -1, withscores=True)
+        pairs: list[tuple[str | bytes, float]] = self._client.zrange(
+            self._key, 0, -1, withscores=True
+        )  # type: ignore[assignment]
         return {_text(name): _instant(float(score)) for name, score in pairs}
 
     def advance(self, name: str, slot: datetime) -> None:

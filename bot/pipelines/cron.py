@@ -101,7 +101,9 @@ class Cron:
                 f"cron {expression!r} has {len(parts)} fields; it needs 5: "
                 "minute hour day-of-month month day-of-week"
             )
-        values = [_parse_field(spec, part, expression) for spec, part in zip(_FIELDS, parts)]
+        values = [
+            _parse_field(spec, part, expression) for spec, part in zip(_FIELDS, parts, strict=True)
+        ]
         cron = cls(
             expression=expression,
             tz=zone(tz),

@@ -302,7 +302,9 @@ def shape(
 def _checked_name(name: object) -> str:
     problem = op_name_problem(name) if isinstance(name, str) else "it is not a string"
     if problem is not None:
-        raise ScheduleDefinitionError(f"schedule name {name!r} is not valid (as for ops: {problem})")
+        raise ScheduleDefinitionError(
+            f"schedule name {name!r} is not valid (as for ops: {problem})"
+        )
     assert isinstance(name, str)
     return name
 
@@ -340,7 +342,9 @@ def _target(name: str, op: str | None, pipeline: str | None) -> str:
         )
     target = op if op is not None else pipeline
     if not isinstance(target, str) or not target:
-        raise ScheduleDefinitionError(f"schedule {name!r}: the target must be a name, not {target!r}")
+        raise ScheduleDefinitionError(
+            f"schedule {name!r}: the target must be a name, not {target!r}"
+        )
     return target
 
 

@@ -1,0 +1,194 @@
+"""Slot arithmetic: cron expressions in a time zone (DST both ways), intervals, slot ids, and
+which slots a beat submits (`bot.flows.slots.due`): steady ticks, catch-up on start, new
+schedules. Pure: no Redis, no clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.flows.slots import due
+from bot.jobs.envelope import JOB_ID_PATTERN
+from bot.pipelines.cron import Cron, CronError
+from bot.pipelines.schedules import Interval, Schedule, slot_id
+
+PARIS = "Europe/Paris"
+
+
+def at(text: str) -> datetime:
+    """An instant from `2024-03-31T01:00:00Z`-style text."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def walk(cron: Cron, start: str, count: int) -> list[str]:
+    """The next `count` slots after `start`, as local ISO times."""
+    slots, moment = [], at(start)
+    for _ in range(count):
+        found = cron.following(moment)
+        assert found is not None
+        slots.append(found.astimezone(cron.tz).isoformat())
+        moment = found
+    return slots
+
+
+def test_a_daily_cron_in_paris_fires_at_local_time_across_the_spring_jump() -> None:
+    cron = Cron.parse("0 3 * * *", PARIS)
+    assert walk(cron, "2024-03-30T12:00:00Z", 2) == [
+        "2024-03-31T03:00:00+02:00",  # the night the clocks go 02:00 -> 03:00
+        "2024-04-01T03:00:00+02:00",
+    ]
+
+
+def test_a_wall_time_skipped_by_the_spring_jump_fires_shifted_by_the_jump() -> None:
+    cron = Cron.parse("30 2 * * *", PARIS)
+    assert walk(cron, "2024-03-30T12:00:00Z", 2) == [
+        "2024-03-31T03:30:00+02:00",  # 02:30 does not exist that night
+        "2024-04-01T02:30:00+02:00",
+    ]
+
+
+def test_every_quarter_hour_through_the_spring_jump_has_no_double_slot() -> None:
+    cron = Cron.parse("*/30 * * * *", PARIS)
+    # 02:00 and 02:30 do not exist: shifted, they fall on 03:00 and 03:30, each fired once
+    assert walk(cron, "2024-03-31T00:00:00Z", 3) == [
+        "2024-03-31T01:30:00+01:00",
+        "2024-03-31T03:00:00+02:00",
+        "2024-03-31T03:30:00+02:00",
+    ]
+
+
+def test_a_fixed_wall_time_in_the_repeated_hour_fires_once_at_its_first_occurrence() -> None:
+    cron = Cron.parse("30 2 * * *", PARIS)
+    assert walk(cron, "2024-10-26T12:00:00Z", 2) == [
+        "2024-10-27T02:30:00+02:00",
+        "2024-10-28T02:30:00+01:00",
+    ]
+
+
+def test_a_wildcard_hour_keeps_firing_through_the_repeated_hour() -> None:
+    cron = Cron.parse("*/30 * * * *", PARIS)
+    assert walk(cron, "2024-10-26T23:45:00Z", 5) == [
+        "2024-10-27T02:00:00+02:00",
+        "2024-10-27T02:30:00+02:00",
+        "2024-10-27T02:00:00+01:00",
+        "2024-10-27T02:30:00+01:00",
+        "2024-10-27T03:00:00+01:00",
+    ]
+
+
+def test_previous_is_the_last_slot_at_or_before_an_instant() -> None:
+    cron = Cron.parse("0 3 * * *", PARIS)
+    assert cron.previous(at("2024-04-01T01:00:00Z")) == at("2024-04-01T01:00:00Z")
+    assert cron.previous(at("2024-04-01T00:59:59Z")) == at("2024-03-31T01:00:00Z")
+    assert cron.previous(at("2024-03-31T00:59:59Z")) == at("2024-03-30T02:00:00Z")  # CET
+
+
+@pytest.mark.parametrize(
+    ("expression", "start", "expected"),
+    [
+        # both day fields restricted: either matches (the 13th, or a Friday)
+        ("0 0 13 * 5", "2024-09-01T00:00:00Z", ["2024-09-06", "2024-09-13", "2024-09-20"]),
+        # day of week `*`-led: the day of month must match
+        ("0 0 13 * *", "2024-09-01T00:00:00Z", ["2024-09-13", "2024-10-13", "2024-11-13"]),
+        ("0 0 * * sat,sun", "2024-09-01T00:00:00Z", ["2024-09-07", "2024-09-08", "2024-09-14"]),
+        ("0 0 * * 7", "2024-09-01T00:00:00Z", ["2024-09-08", "2024-09-15", "2024-09-22"]),
+        ("0 0 29 feb *", "2024-03-01T00:00:00Z", ["2028-02-29", "2032-02-29", "2036-02-29"]),
+        ("@monthly", "2024-09-01T00:00:00Z", ["2024-10-01", "2024-11-01", "2024-12-01"]),
+    ],
+)
+def test_day_rules_follow_vixie_cron(expression: str, start: str, expected: list[str]) -> None:
+    assert [day[:10] for day in walk(Cron.parse(expression), start, 3)] == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("0 3 * *", "cron '0 3 * *' has 4 fields; it needs 5"),
+        ("61 * * * *", "cron '61 * * * *': minute field '61': 61 is outside 0-59"),
+        ("* 5-1 * * *", "hour field '5-1': range '5-1' runs backwards"),
+        ("*/0 * * * *", "minute field '*/0': a step must be 1 or more"),
+        ("0 0 * * funday", "day of week field 'funday': value 'funday' is not a number"),
+        ("0 0 30 2 *", "cron '0 0 30 2 *' matches no date"),
+    ],
+)
+def test_a_bad_cron_expression_says_which_part(expression: str, message: str) -> None:
+    with pytest.raises(CronError) as caught:
+        Cron.parse(expression)
+    assert message in str(caught.value)
+
+
+def test_an_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(CronError) as caught:
+        Cron.parse("0 3 * * *", "Europe/Atlantis")
+    assert str(caught.value) == "unknown time zone 'Europe/Atlantis' (an IANA name like 'Europe/Paris')"
+
+
+def test_interval_slots_are_multiples_of_the_interval_since_the_epoch() -> None:
+    every = Interval(60)
+    assert every.previous(at("2024-01-01T10:00:59Z")) == at("2024-01-01T10:00:00Z")
+    assert every.previous(at("2024-01-01T10:01:00Z")) == at("2024-01-01T10:01:00Z")
+    assert every.following(at("2024-01-01T10:01:00Z")) == at("2024-01-01T10:02:00Z")
+    assert Interval(7).previous(at("1970-01-01T00:00:20Z")) == at("1970-01-01T00:00:14Z")
+
+
+def test_a_slot_id_is_a_valid_job_and_run_id_whatever_the_zone() -> None:
+    slot = datetime(2024, 3, 31, 3, 0, tzinfo=Cron.parse("0 3 * * *", PARIS).tz)
+    assert slot_id("nightly", slot) == "sched.nightly.2024-03-31T01:00:00Z"
+    longest = slot_id("n" * 64, slot)
+    assert JOB_ID_PATTERN.match(longest) and len(longest) <= 180  # pipeline run ids: <= 180
+
+
+def every_second(catch_up: str = "run", max_catch_up: int = 1) -> Schedule:
+    return Schedule(
+        "tick", Interval(1), "op", "touch", {}, catch_up, max_catch_up  # type: ignore[arg-type]
+    )
+
+
+T0 = at("2024-01-01T10:00:00Z")
+
+
+def seconds(*offsets: int) -> tuple[datetime, ...]:
+    return tuple(T0 + timedelta(seconds=offset) for offset in offsets)
+
+
+def test_a_schedule_never_fired_starts_from_the_current_slot_without_running_it() -> None:
+    plan = due(every_second(), None, T0 + timedelta(seconds=5.5), starting=True)
+    assert plan.slots == () and plan.mark == T0 + timedelta(seconds=5)
+
+
+def test_a_running_beat_submits_every_slot_since_the_last_even_after_a_stall() -> None:
+    plan = due(every_second(), T0, T0 + timedelta(seconds=3.2), starting=False)
+    assert plan.slots == seconds(1, 2, 3) and plan.mark == seconds(3)[0] and not plan.dropped
+
+
+def test_nothing_is_due_before_the_next_slot() -> None:
+    assert due(every_second(), T0, T0 + timedelta(seconds=0.9), starting=False).slots == ()
+
+
+def test_a_starting_beat_runs_the_newest_missed_slots_up_to_max_catch_up() -> None:
+    plan = due(every_second("run", 3), T0, T0 + timedelta(seconds=10.5), starting=True)
+    assert plan.slots == seconds(8, 9, 10) and plan.dropped
+
+
+def test_a_starting_beat_runs_every_missed_slot_within_the_bound() -> None:
+    plan = due(every_second("run", 100), T0, T0 + timedelta(seconds=10.5), starting=True)
+    assert plan.slots == seconds(*range(1, 11)) and not plan.dropped
+
+
+def test_a_starting_beat_skips_missed_slots_under_skip_and_moves_past_them() -> None:
+    plan = due(every_second("skip"), T0, T0 + timedelta(seconds=10.5), starting=True)
+    assert plan.slots == () and plan.mark == seconds(10)[0] and plan.dropped
+
+
+def test_by_default_the_latest_missed_slot_runs_once() -> None:
+    plan = due(every_second(), T0, T0 + timedelta(seconds=10.5), starting=True)
+    assert plan.slots == seconds(10)
+
+
+def test_catch_up_walks_cron_slots_back_across_days() -> None:
+    nightly = Schedule(
+        "nightly", Cron.parse("0 3 * * *", PARIS), "op", "touch", {}, "run", 2
+    )
+    plan = due(nightly, at("2024-03-25T02:00:00Z"), at("2024-03-31T12:00:00Z"), starting=True)
+    assert plan.slots == (at("2024-03-30T02:00:00Z"), at("2024-03-31T01:00:00Z"))
