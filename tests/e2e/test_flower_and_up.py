@@ -104,7 +104,7 @@ def printed_credentials(log: str) -> str:
     return found.group(1)
 
 
-def test_bot_up_starts_redis_worker_and_flower_then_stops_them(tmp_path: Path) -> None:
+def test_bot_up_starts_redis_worker_beat_and_flower_then_stops_them(tmp_path: Path) -> None:
     redis_port, flower_port = free_port(), free_port()
     env = bot_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path / "state")
     env.pop("FLOWER_BASIC_AUTH", None)  # bot up makes its own
@@ -142,6 +142,8 @@ def test_bot_up_starts_redis_worker_and_flower_then_stops_them(tmp_path: Path) -
         log.close()
     text = (tmp_path / "up.log").read_text(errors="replace")
     assert "started a private redis-server" in text
+    # the beat ran beside the worker, held redbeat's lock and let it go when stopped
+    assert "beat: Acquired lock" in text and "beat: Releasing lock" in text
     assert text.count(credentials) == 2  # printed once: the login line and the curl example
     assert "FLOWER_UNAUTHENTICATED_API" not in text
     assert not answers(f"http://127.0.0.1:{flower_port}/healthcheck")
