@@ -56,7 +56,7 @@ def test_every_redis_url_in_the_compose_file_carries_the_password() -> None:
     urls = re.findall(r"rediss?://\S+", text)
     assert urls, "the compose file names no Redis URL"
     assert all(url.startswith(f"redis://:{REDIS_PASSWORD}") for url in urls), urls
-    for name in ("worker", "flower"):
+    for name in ("worker", "beat", "flower"):
         assert compose_services()[name]["environment"]["BOT_REDIS_URL"].startswith(
             f"redis://:{REDIS_PASSWORD}"
         )
@@ -104,3 +104,14 @@ def test_dockerfile_installs_the_packages_the_compose_file_runs() -> None:
     for package in ("bot", "config", "tasks"):
         assert f"COPY {package} ./{package}" in dockerfile
     assert "USER bot" in dockerfile
+
+
+def test_compose_procfile_readme_and_bot_up_start_the_same_beat() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    procfile = dict(
+        line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()
+    )
+    beat = " ".join(compose["beat"]["command"])
+    assert beat == procfile["beat"] == "celery -A bot beat -l info"
+    assert "`celery -A bot beat -l info`" in readme()
+    assert '"beat", "-l", "info"' in (ROOT / "bot/cli/up.py").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.store.keys import Keys
 from config.celery_config import broker_transport_options, celery_config
 from config.settings import Settings
 
@@ -60,3 +61,18 @@ def test_result_backend_defaults_to_broker_redis() -> None:
     assert conf["broker_url"] == conf["result_backend"] == "redis://h:1/2"
     conf = celery_config(Settings(redis_url="redis://h:1/2", result_url="redis://other:1/3"))
     assert conf["result_backend"] == "redis://other:1/3"
+
+
+def test_the_beat_runs_bot_scheduler_with_redbeat_under_the_key_prefix() -> None:
+    settings = Settings(
+        redis_url="redis://r.example:6380/2", key_prefix="acme", beat_max_interval=2
+    )
+    conf = celery_config(settings)
+    assert conf["beat_scheduler"] == "bot.flows.beat:BotScheduler"
+    assert conf["beat_max_loop_interval"] == 2
+    # redbeat on the broker's Redis, its keys under BOT_KEY_PREFIX, its lock 5 intervals long
+    assert conf["redbeat_redis_url"] == "redis://r.example:6380/2"
+    assert conf["redbeat_key_prefix"] == Keys("acme").redbeat_prefix == "acme:redbeat:"
+    assert conf["redbeat_lock_timeout"] == 10
+    # set, so redbeat neither falls back to the broker's transport options nor warns about it
+    assert "retry_period" in conf["redbeat_redis_options"]
