@@ -101,9 +101,7 @@ def test_an_unknown_target_is_refused_when_discovery_ends(registry: ScheduleRegi
     assert registry.pending() == ["later"] and registry.names() == []
     with pytest.raises(ScheduleDefinitionError) as caught:
         registry.resolve()
-    assert str(caught.value).startswith(
-        "schedule 'later': op 'not_yet' is not registered (known: "
-    )
+    assert str(caught.value).startswith("schedule 'later': op 'not_yet' is not registered (known: ")
 
 
 def test_a_decorated_function_builds_the_payload_of_each_slot(registry: ScheduleRegistry) -> None:
@@ -137,7 +135,7 @@ def test_a_schedule_without_payload_is_checked_with_an_empty_one(
     registry: ScheduleRegistry,
 ) -> None:
     schedule("empty", every=1, op="sum")
-    with pytest.raises(ScheduleDefinitionError, match="its payload {} does not fit op 'sum'"):
+    with pytest.raises(ScheduleDefinitionError, match=r"its payload \{\} does not fit op 'sum'"):
         registry.resolve()
 
 
