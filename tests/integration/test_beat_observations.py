@@ -7,7 +7,8 @@
 - redbeat's lock is `bot:redbeat::lock` (under BOT_KEY_PREFIX), taken before the first tick with
   a TTL of five max intervals, extended on each tick; a second scheduler cannot take it; a tick
   whose lock was lost raises (celery beat's loop lets it end the beat); close() releases it;
-- BotScheduler's tick fires bot's schedules and sleeps until the next slot.
+- BotScheduler's tick fires bot's schedules and sleeps until the next slot; a slot whose
+  publish failed is tried again a second later, not lost.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any
 import pytest
 import redis
 from celery.schedules import schedule as every
+from kombu.exceptions import OperationalError
 from redbeat.schedulers import RedBeatSchedulerEntry, acquire_distributed_beat_lock
 
 from bot.application import BotApp
 from bot.flows import beat as beat_module
-from bot.flows.beat import BotScheduler
+from bot.flows.beat import RETRY_AFTER_S, BotScheduler
 from bot.flows.slots import SlotLedger
 from bot.pipelines.schedules import Interval, Schedule, ScheduleRegistry
 
@@ -120,5 +122,32 @@ def test_a_tick_fires_bot_schedules_and_sleeps_until_the_next_slot(
         assert client.exists("bot:job:sched.tick.2024-01-01T10:00:04Z")
         last = SlotLedger(bot_app.redis(), bot_app.keys).last("tick")
         assert last == datetime(2024, 1, 1, 10, 0, 4, tzinfo=UTC)
+    finally:
+        held.close()
+
+
+def test_a_slot_whose_publish_failed_is_submitted_on_a_later_tick(
+    bot_app: BotApp, client: redis.Redis, registry: ScheduleRegistry
+) -> None:
+    now = [datetime(2024, 1, 1, 10, 0, 0, 500_000, tzinfo=UTC)]
+    registry.define(Schedule("tick", Interval(1), "op", "touch", {}))
+    registry.resolve()
+    held = locked_scheduler(bot_app, clock=lambda: now[0])
+    try:
+        held.tick()
+        now[0] += timedelta(seconds=1)
+
+        def broker_down(*args: Any, **kwargs: Any) -> Any:
+            raise OperationalError("broker down")
+
+        bot_app.send_task = broker_down  # type: ignore[method-assign]
+        assert held.tick() == RETRY_AFTER_S
+        assert not client.exists("bot:job:sched.tick.2024-01-01T10:00:01Z")  # the id is free
+        del bot_app.send_task  # Celery's own again
+        now[0] += timedelta(seconds=1)
+        held.tick()
+        assert client.exists("bot:job:sched.tick.2024-01-01T10:00:01Z")
+        assert client.exists("bot:job:sched.tick.2024-01-01T10:00:02Z")
+        assert client.llen("celery") == 2
     finally:
         held.close()
