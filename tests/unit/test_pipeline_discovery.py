@@ -137,10 +137,11 @@ def test_importing_a_module_with_a_bad_pipeline_raises_the_definition_error(
 def test_bot_pipelines_lists_the_example_pipeline() -> None:
     result = CliRunner().invoke(main, ["pipelines"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
+    # (test-only pipelines may be registered too, by tests run earlier in this process)
+    assert (
         "difference_of_squares    a:number b:number factor?:number         "
         "scale -> [sum, subtract] -> product"
-    ]
+    ) in result.output.splitlines()
 
 
 def test_bot_pipelines_json_has_each_stages_op_and_the_input_schema() -> None:
