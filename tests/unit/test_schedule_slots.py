@@ -60,7 +60,7 @@ def test_an_hourly_slot_in_the_skipped_hour_is_not_made_up() -> None:
 
 def test_every_quarter_hour_through_the_spring_jump_has_no_double_slot() -> None:
     cron = Cron.parse("*/30 * * * *", PARIS)
-    # 02:00 and 02:30 do not exist: shifted, they fall on 03:00 and 03:30, each fired once
+    # 02:00 and 02:30 do not exist: the 03:00 and 03:30 slots follow 01:30, each fired once
     assert walk(cron, "2024-03-31T00:00:00Z", 3) == [
         "2024-03-31T01:30:00+01:00",
         "2024-03-31T03:00:00+02:00",
