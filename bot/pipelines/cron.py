@@ -1,69 +1,61 @@
 """Cron expressions and their slots in a time zone: `Cron.parse("0 3 * * *", "Europe/Paris")`.
 
+croniter parses the expressions and finds the slots, run in the schedule's zone (zoneinfo). This
+module owns what is around it: the five-field grammar (croniter would also take 6 or 7 fields),
+error messages that name the bad field, the time zone, and one correction of croniter's slots at
+a DST fall-back (`Cron._slot`).
+
 Five fields, as in crontab(5): minute (0-59), hour (0-23), day of month (1-31), month (1-12 or
 jan-dec), day of week (0-7 or sun-sat, 0 and 7 both Sunday). A field is `*`, a number, a range
-`a-b`, any of these with a step (`*/15`, `10-50/20`), or a comma-separated list of them.
-`@hourly`, `@daily` (`@midnight`), `@weekly`, `@monthly` and `@yearly` (`@annually`) stand for
-their usual expressions. As in Vixie cron, when both day fields are restricted (neither starts
-with `*`), a day matches if either does; otherwise it must match both.
+`a-b`, any of these with a step (`*/15`, `10-50/20`), or a comma-separated list of them;
+croniter also reads a range that wraps (`22-1` is 22, 23, 0, 1) and its extensions `L`, `W`,
+`#` and `?`. `@hourly`, `@daily` (`@midnight`), `@weekly`, `@monthly` and `@yearly`
+(`@annually`) stand for their usual expressions. As in Vixie cron, when both day fields are
+restricted (neither is `*` nor starts with `*`), a day matches if either does; otherwise it
+must match both.
 
-Slots are wall-clock times in the expression's time zone, turned into instants:
+Slots are wall-clock times in the expression's time zone, turned into instants (as croniter
+7.0 does, pinned in tests/unit/test_schedule_slots.py, except where said):
 
 - a wall time that a DST jump skips (02:30 on a spring-forward night in Europe/Paris) fires when
-  the clock jumps past it, shifted by the jump (03:30), once even if several skipped times map
-  to the same instant;
+  the clock jumps (at 03:00), once even if several skipped times map to that instant; with the
+  hour field `*` it is not made up (`30 * * * *` fires at 01:30 CET, then 03:30 CEST: an hour
+  apart, as ever; in a zone whose jump is not a whole hour, Australia/Lord_Howe, `0 * * * *`
+  has 90 minutes between two slots that night);
 - a wall time that happens twice (02:30 on a fall-back night) fires at its first occurrence,
   and at the second too when the hour field is `*` (so `*/15 * * * *` keeps firing every quarter
-  hour through the repeated hour, and `30 2 * * *` fires once).
+  hour through the repeated hour, and `30 2 * * *` fires once: the correction, as croniter
+  alone fires it at both).
 
 `following(after)` is the first slot after an instant, `previous(at)` the last one at or before
-it; both are aware UTC datetimes, or None when no slot exists within `HORIZON_DAYS`.
+it; both are aware UTC datetimes, increasing with their argument, with
+previous(following(x)) == following(x); None when croniter finds no slot within its search span
+(50 years).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-#: How far `following` and `previous` search: 8 years covers Feb 29 on a given weekday.
-HORIZON_DAYS = 8 * 366
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
+#: The five fields in order: their names in error messages and what each accepts.
+_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31"),
+    ("month", "1-12 or jan-dec"),
+    ("day of week", "0-7 or sun-sat"),
+)
+_MACROS = "@hourly, @daily, @midnight, @weekly, @monthly, @yearly or @annually"
+_MINUTE = timedelta(minutes=1)
 
 
 class CronError(ValueError):
     """A cron expression or time zone that cannot be used; the message says which part."""
-
-
-@dataclass(frozen=True)
-class _Field:
-    name: str
-    low: int
-    high: int
-    names: tuple[str, ...] = ()
-    #: The first name's number (jan is 1, sun is 0).
-    names_from: int = 0
-
-
-_FIELDS = (
-    _Field("minute", 0, 59),
-    _Field("hour", 0, 23),
-    _Field("day of month", 1, 31),
-    _Field("month", 1, 12, _MONTHS, 1),
-    _Field("day of week", 0, 7, _WEEKDAYS, 0),
-)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -82,163 +74,92 @@ class Cron:
 
     expression: str
     tz: tzinfo
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-    days_restricted: bool
-    weekdays_restricted: bool
+    #: Whether the hour field is `*` (every hour): then a repeated wall time fires twice.
+    every_hour: bool = field(default=False, compare=False)
 
     @classmethod
     def parse(cls, expression: str, tz: str = "UTC") -> Cron:
         if not isinstance(expression, str):
             raise CronError(f"a cron expression is a string, not {expression!r}")
-        text = _MACROS.get(expression.strip().lower(), expression)
+        text = expression.strip()
         parts = text.split()
-        if len(parts) != 5:
+        if not text.startswith("@") and len(parts) != 5:  # croniter would take 6 or 7
             raise CronError(
                 f"cron {expression!r} has {len(parts)} fields; it needs 5: "
                 "minute hour day-of-month month day-of-week"
             )
-        values = [
-            _parse_field(spec, part, expression) for spec, part in zip(_FIELDS, parts, strict=True)
-        ]
-        cron = cls(
-            expression=expression,
-            tz=zone(tz),
-            minutes=tuple(sorted(values[0])),
-            hours=tuple(sorted(values[1])),
-            days=frozenset(values[2]),
-            months=frozenset(values[3]),
-            weekdays=frozenset(day % 7 for day in values[4]),
-            days_restricted=not parts[2].startswith("*"),
-            weekdays_restricted=not parts[4].startswith("*"),
-        )
+        try:
+            expanded, _ = croniter.expand(text)
+        except CroniterBadCronError as exc:
+            raise CronError(_problem(expression, text, exc)) from None
+        cron = cls(expression=expression, tz=zone(tz), every_hour=expanded[1] == ["*"])
         if cron.following(datetime(2000, 1, 1, tzinfo=UTC)) is None:
             raise CronError(f"cron {expression!r} matches no date")
         return cron
 
-    def matches_day(self, day: date) -> bool:
-        if day.month not in self.months:
-            return False
-        in_month = day.day in self.days
-        in_week = day.isoweekday() % 7 in self.weekdays
-        if self.days_restricted and self.weekdays_restricted:
-            return in_month or in_week
-        return in_month and in_week
-
     def following(self, after: datetime) -> datetime | None:
         """The first slot strictly after `after` (aware), in UTC."""
-        start = after.astimezone(self.tz).date() - timedelta(days=1)
-        best: datetime | None = None
-        for day in _days(start, 1):
-            if best is not None and day > best.astimezone(self.tz).date() + timedelta(days=1):
-                return best
-            later = [slot for slot in self.slots_on(day) if slot > after]
-            if later and (best is None or later[0] < best):
-                best = later[0]
-        return best
+        # Slots are on whole minutes: the first one after `after` is the first one after the
+        # start of its minute.
+        steps = self._steps(self._minute_of(after))
+        return self._slot(steps.get_next)
 
     def previous(self, at: datetime) -> datetime | None:
         """The last slot at or before `at` (aware), in UTC."""
-        start = at.astimezone(self.tz).date() + timedelta(days=1)
-        best: datetime | None = None
-        for day in _days(start, -1):
-            if best is not None and day < best.astimezone(self.tz).date() - timedelta(days=1):
-                return best
-            earlier = [slot for slot in self.slots_on(day) if slot <= at]
-            if earlier and (best is None or earlier[-1] > best):
-                best = earlier[-1]
-        return best
+        steps = self._steps(self._minute_of(at) + _MINUTE)  # croniter's get_prev is strictly before
+        return self._slot(steps.get_prev)
 
-    def slots_on(self, day: date) -> list[datetime]:
-        """The instants (UTC, sorted) of the wall times this expression names on a local day."""
-        if not self.matches_day(day):
-            return []
-        steady = _steady_offset(day, self.tz)
-        if steady is not None:  # no DST change that day: wall time minus one offset
-            midnight = datetime(day.year, day.month, day.day, tzinfo=UTC) - steady
-            return [
-                midnight + timedelta(hours=hour, minutes=minute)
-                for hour in self.hours
-                for minute in self.minutes
-            ]
-        instants: set[datetime] = set()
-        for hour in self.hours:
-            for minute in self.minutes:
-                wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz)
-                instants.add(wall.astimezone(UTC))
-                if len(self.hours) == 24 and _happens_twice(wall):
-                    instants.add(wall.replace(fold=1).astimezone(UTC))
-        return sorted(instants)
+    def _minute_of(self, moment: datetime) -> datetime:
+        """The start of `moment`'s wall-clock minute in the zone, in UTC (so also for offsets
+        that are not whole minutes, as before 1900)."""
+        instant = moment.astimezone(UTC)
+        local = instant.astimezone(self.tz)
+        return instant - timedelta(seconds=local.second, microseconds=local.microsecond)
+
+    def _steps(self, start: datetime) -> croniter:
+        # implement_cron_bug: Vixie's day rule (a day field starting with `*` makes the two
+        # day fields both apply), which croniter's default (`day_or`) applies only to `*` itself.
+        return croniter(self.expression.strip(), start.astimezone(self.tz), implement_cron_bug=True)
+
+    def _slot(self, step: Callable[[type[datetime]], datetime]) -> datetime | None:
+        """The next slot `step` (a croniter's get_next or get_prev) gives, in UTC, passing
+        over the second occurrence of a repeated wall time unless the hour field is `*`.
+
+        The correction: at a fall-back, croniter gives a wall time of the repeated hour at both
+        of its occurrences (`30 2 * * *` fires at 02:30 CEST and again at 02:30 CET), which would
+        run a daily job twice that night; as in Vixie cron, only `*` hours fire twice.
+        """
+        while True:
+            try:
+                found = step(datetime)
+            except (CroniterBadDateError, OverflowError):
+                return None
+            if self.every_hour or not _second_occurrence(found, self.tz):
+                return found.astimezone(UTC)
 
 
-def _days(start: date, step: int) -> Iterator[date]:
-    for offset in range(HORIZON_DAYS):
+def _second_occurrence(slot: datetime, tz: tzinfo) -> bool:
+    """Whether a slot is a wall time's second occurrence (in the repeated hour of a fall-back)."""
+    local = slot.astimezone(UTC).astimezone(tz)  # croniter's `fold` is not always meaningful
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+
+
+def _problem(expression: str, text: str, exc: CroniterBadCronError) -> str:
+    """One line naming the bad field of `expression` and croniter's reason."""
+    if text.startswith("@"):
+        return f"cron {expression!r} is not a known macro ({_MACROS})"
+    parts = text.split()
+    for index, ((name, accepts), part) in enumerate(zip(_FIELDS, parts, strict=True)):
+        alone = " ".join(part if other == index else "*" for other in range(5))
         try:
-            yield start + timedelta(days=offset * step)
-        except OverflowError:
-            return
+            croniter.expand(alone)
+        except CroniterBadCronError as field_exc:
+            reason = _reason(field_exc, alone)
+            return f"cron {expression!r}: {name} field {part!r}: {reason} (the {name} is {accepts})"
+    return f"cron {expression!r}: {_reason(exc, text)}"
 
 
-def _steady_offset(day: date, tz: tzinfo) -> timedelta | None:
-    """The zone's UTC offset all through a local day, or None if it changes that day."""
-    start = datetime(day.year, day.month, day.day, tzinfo=tz)
-    end = start + timedelta(days=1)
-    offset = start.utcoffset()
-    if offset is None or end.utcoffset() != offset:
-        return None
-    # An offset that changes and changes back within one day would escape this check; no zone
-    # in the IANA database does that.
-    return offset
-
-
-def _happens_twice(wall: datetime) -> bool:
-    """Whether a local wall time occurs twice (the repeated hour of a fall-back night)."""
-    second = wall.replace(fold=1)
-    if second.utcoffset() == wall.utcoffset():
-        return False
-    back = second.astimezone(UTC).astimezone(wall.tzinfo)
-    return back.replace(tzinfo=None) == wall.replace(tzinfo=None)
-
-
-def _parse_field(spec: _Field, text: str, expression: str) -> set[int]:
-    where = f"cron {expression!r}: {spec.name} field {text!r}"
-    values: set[int] = set()
-    for item in text.split(","):
-        values |= _parse_item(spec, item.strip().lower(), where)
-    return values
-
-
-def _parse_item(spec: _Field, item: str, where: str) -> set[int]:
-    base, _, step_text = item.partition("/")
-    step = _number(step_text, where, "step") if step_text else 1
-    if step < 1:
-        raise CronError(f"{where}: a step must be 1 or more")
-    if base == "*":
-        low, high = spec.low, spec.high
-    elif "-" in base:
-        first, _, last = base.partition("-")
-        low, high = _value(spec, first, where), _value(spec, last, where)
-        if low > high:
-            raise CronError(f"{where}: range {base!r} runs backwards")
-    else:
-        low = _value(spec, base, where)
-        high = spec.high if step_text else low
-    return set(range(low, high + 1, step))
-
-
-def _value(spec: _Field, text: str, where: str) -> int:
-    if text in spec.names:
-        return spec.names.index(text) + spec.names_from
-    value = _number(text, where, "value")
-    if not spec.low <= value <= spec.high:
-        raise CronError(f"{where}: {value} is outside {spec.low}-{spec.high}")
-    return value
-
-
-def _number(text: str, where: str, what: str) -> int:
-    if not text.isdigit():
-        raise CronError(f"{where}: {what} {text!r} is not a number")
-    return int(text)
+def _reason(exc: CroniterBadCronError, text: str) -> str:
+    """croniter's message without the expression it repeats (`[0 25 * * *] is not ...`)."""
+    reason = str(exc).replace(f"[{text}]", "").replace(text, "").strip()
+    return reason.removeprefix("is ").strip() or "not valid"

@@ -172,7 +172,7 @@ def late_op(n: int) -> int:
 
 BAD_LINE = (
     "bot: invalid configuration: schedule 'broken': cron '0 3 * * 8': day of week field '8': "
-    "8 is outside 0-7 (declared in bad_schedule)"
+    "not acceptable, out of range (the day of week is 0-7 or sun-sat) (declared in bad_schedule)"
 )
 
 

@@ -4,7 +4,7 @@ schedules. Pure: no Redis, no clock."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -41,17 +41,26 @@ def test_a_daily_cron_in_paris_fires_at_local_time_across_the_spring_jump() -> N
     ]
 
 
-def test_a_wall_time_skipped_by_the_spring_jump_fires_shifted_by_the_jump() -> None:
+def test_a_wall_time_skipped_by_the_spring_jump_fires_when_the_clock_jumps() -> None:
     cron = Cron.parse("30 2 * * *", PARIS)
     assert walk(cron, "2024-03-30T12:00:00Z", 2) == [
-        "2024-03-31T03:30:00+02:00",  # 02:30 does not exist that night
+        "2024-03-31T03:00:00+02:00",  # 02:30 does not exist that night: croniter fires at 03:00
         "2024-04-01T02:30:00+02:00",
+    ]
+
+
+def test_an_hourly_slot_in_the_skipped_hour_is_not_made_up() -> None:
+    # croniter: with the hour `*`, the slots stay an hour apart (01:30 CET, 03:30 CEST)
+    cron = Cron.parse("30 * * * *", PARIS)
+    assert walk(cron, "2024-03-31T00:00:00Z", 2) == [
+        "2024-03-31T01:30:00+01:00",
+        "2024-03-31T03:30:00+02:00",
     ]
 
 
 def test_every_quarter_hour_through_the_spring_jump_has_no_double_slot() -> None:
     cron = Cron.parse("*/30 * * * *", PARIS)
-    # 02:00 and 02:30 do not exist: shifted, they fall on 03:00 and 03:30, each fired once
+    # 02:00 and 02:30 do not exist: the 03:00 and 03:30 slots follow 01:30, each fired once
     assert walk(cron, "2024-03-31T00:00:00Z", 3) == [
         "2024-03-31T01:30:00+01:00",
         "2024-03-31T03:00:00+02:00",
@@ -60,22 +69,56 @@ def test_every_quarter_hour_through_the_spring_jump_has_no_double_slot() -> None
 
 
 def test_a_fixed_wall_time_in_the_repeated_hour_fires_once_at_its_first_occurrence() -> None:
+    # croniter alone gives 02:30 CEST and 02:30 CET; bot.pipelines.cron drops the second
     cron = Cron.parse("30 2 * * *", PARIS)
     assert walk(cron, "2024-10-26T12:00:00Z", 2) == [
         "2024-10-27T02:30:00+02:00",
         "2024-10-28T02:30:00+01:00",
     ]
+    assert cron.previous(at("2024-10-28T00:00:00Z")) == at("2024-10-27T00:30:00Z")
+    assert cron.following(at("2024-10-27T01:00:00Z")) == at("2024-10-28T01:30:00Z")
 
 
 def test_a_wildcard_hour_keeps_firing_through_the_repeated_hour() -> None:
-    cron = Cron.parse("*/30 * * * *", PARIS)
-    assert walk(cron, "2024-10-26T23:45:00Z", 5) == [
+    cron = Cron.parse("*/15 * * * *", PARIS)
+    forward = walk(cron, "2024-10-26T23:50:00Z", 10)
+    assert forward == [
         "2024-10-27T02:00:00+02:00",
+        "2024-10-27T02:15:00+02:00",
         "2024-10-27T02:30:00+02:00",
+        "2024-10-27T02:45:00+02:00",
         "2024-10-27T02:00:00+01:00",
+        "2024-10-27T02:15:00+01:00",
         "2024-10-27T02:30:00+01:00",
+        "2024-10-27T02:45:00+01:00",
         "2024-10-27T03:00:00+01:00",
+        "2024-10-27T03:15:00+01:00",
     ]
+    backward, moment = [], at("2024-10-27T02:15:00Z")
+    for _ in range(10):
+        found = cron.previous(moment)
+        assert found is not None
+        backward.append(found.astimezone(cron.tz).isoformat())
+        moment = found - timedelta(seconds=1)
+    assert backward == forward[::-1]
+
+
+@pytest.mark.parametrize("expression", ["*/15 * * * *", "30 2 * * *", "0 3 * * *", "* 2 * * *"])
+@pytest.mark.parametrize("night", ["2024-03-31", "2024-10-27"])
+def test_slots_increase_and_previous_agrees_with_following_through_a_dst_night(
+    expression: str, night: str
+) -> None:
+    cron = Cron.parse(expression, PARIS)
+    moment, slots = at(f"{night}T00:00:00Z") - timedelta(hours=2), []
+    while moment < at(f"{night}T04:00:00Z"):  # every 7.5 minutes through the change
+        found = cron.following(moment)
+        assert found is not None and found > moment and found.tzinfo is UTC
+        assert cron.previous(found) == found
+        before = cron.previous(moment)
+        assert before is not None and before <= moment and cron.following(before) == found
+        slots.append(found)
+        moment += timedelta(minutes=7, seconds=30)
+    assert slots == sorted(slots)
 
 
 def test_previous_is_the_last_slot_at_or_before_an_instant() -> None:
@@ -95,7 +138,10 @@ def test_previous_is_the_last_slot_at_or_before_an_instant() -> None:
         ("0 0 * * sat,sun", "2024-09-01T00:00:00Z", ["2024-09-07", "2024-09-08", "2024-09-14"]),
         ("0 0 * * 7", "2024-09-01T00:00:00Z", ["2024-09-08", "2024-09-15", "2024-09-22"]),
         ("0 0 29 feb *", "2024-03-01T00:00:00Z", ["2028-02-29", "2032-02-29", "2036-02-29"]),
+        # a day field led by `*` (`*/2`) makes both apply, as in Vixie cron: odd days AND Mondays
+        ("0 0 */2 * 1", "2024-09-01T00:00:00Z", ["2024-09-09", "2024-09-23", "2024-10-07"]),
         ("@monthly", "2024-09-01T00:00:00Z", ["2024-10-01", "2024-11-01", "2024-12-01"]),
+        (" @WEEKLY ", "2024-09-01T00:00:00Z", ["2024-09-08", "2024-09-15", "2024-09-22"]),
     ],
 )
 def test_day_rules_follow_vixie_cron(expression: str, start: str, expected: list[str]) -> None:
@@ -106,10 +152,16 @@ def test_day_rules_follow_vixie_cron(expression: str, start: str, expected: list
     ("expression", "message"),
     [
         ("0 3 * *", "cron '0 3 * *' has 4 fields; it needs 5"),
-        ("61 * * * *", "cron '61 * * * *': minute field '61': 61 is outside 0-59"),
-        ("* 5-1 * * *", "hour field '5-1': range '5-1' runs backwards"),
-        ("*/0 * * * *", "minute field '*/0': a step must be 1 or more"),
-        ("0 0 * * funday", "day of week field 'funday': value 'funday' is not a number"),
+        ("0 0 3 * * *", "cron '0 0 3 * * *' has 6 fields; it needs 5"),  # croniter: seconds
+        ("61 * * * *", "minute field '61': not acceptable, out of range (the minute is 0-59)"),
+        ("* 1-24 * * *", "hour field '1-24': out of bands (the hour is 0-23)"),
+        ("*/0 * * * *", "minute field '*/0': step '0' in field 0 is not acceptable"),
+        (
+            "0 0 * 13 *",
+            "month field '13': not acceptable, out of range (the month is 1-12 or jan-dec)",
+        ),
+        ("0 0 * * funday", "day of week field 'funday': not acceptable (the day of week is 0-7 or"),
+        ("@reboot", "cron '@reboot' is not a known macro (@hourly, @daily, @midnight,"),
         ("0 0 30 2 *", "cron '0 0 30 2 *' matches no date"),
     ],
 )
@@ -117,6 +169,13 @@ def test_a_bad_cron_expression_says_which_part(expression: str, message: str) ->
     with pytest.raises(CronError) as caught:
         Cron.parse(expression)
     assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_hour_range_may_wrap_past_midnight() -> None:
+    # croniter reads `22-1` as 22, 23, 0, 1 (Vixie cron refuses it)
+    hours = [slot[11:16] for slot in walk(Cron.parse("0 22-1 * * *"), "2024-09-01T12:00:00Z", 5)]
+    assert hours == ["22:00", "23:00", "00:00", "01:00", "22:00"]
 
 
 def test_an_unknown_time_zone_is_refused() -> None:
