@@ -4,7 +4,9 @@ deterministic id (bot/flows/submit.py), and the ledger of the last slot each sch
 The ledger is one zset, `bot:schedules:last` (schedule name -> slot, epoch seconds), moved only
 forward (ZADD GT), so two beats that both believe they fire a schedule can never move it back.
 A slot is recorded after it is submitted: a beat that dies in between leaves it to the next
-beat, which submits the same id again and finds it known (`Submitted.enqueued` False).
+beat, which submits the same id again and finds it known (`Submitted.enqueued` False); if the
+dead beat had claimed the id but not sent its message, the id is still `queued` and is sent
+again (`resend_queued`, bot/flows/submit.py).
 
 Which slots are due (`due`): those after the ledger's slot, up to now. A beat that starts applies
 the schedule's catch-up policy to them (they came due while no beat ran): "run" submits the
@@ -121,9 +123,11 @@ def submit_slot(app: AppPort, schedule: Schedule, slot: datetime) -> Submitted |
         return None
     try:
         if schedule.target_kind == "op":
-            submitted = submit_op(app, schedule.target, payload, job_id=slot_id)
+            submitted = submit_op(app, schedule.target, payload, job_id=slot_id, resend_queued=True)
         else:
-            submitted = submit_pipeline(app, schedule.target, payload, run_id=slot_id)
+            submitted = submit_pipeline(
+                app, schedule.target, payload, run_id=slot_id, resend_queued=True
+            )
     except PayloadRejected as exc:
         log.error("schedule %r: %s refused: %s; not run", schedule.name, slot_id, exc)
         return None
