@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
+
+import redis
 
 from bot.base.clock import now_ms
 from bot.flows.run_record import RunEnd, RunRecord, RunStore
@@ -25,12 +28,19 @@ from bot.jobs.reports import (
 )
 from bot.pipelines.registry import TASK_PREFIX
 from bot.runtime.process import RUNTIME
+from bot.store.keys import Keys
 
 logger = logging.getLogger(__name__)
 
 
 def run_store(app: AppPort) -> RunStore:
-    return RunStore(app.redis(), app.keys)
+    """The run store on this process's client (one per client: it registers four scripts)."""
+    return _store_on(app.redis(), app.keys)
+
+
+@lru_cache(maxsize=8)
+def _store_on(client: redis.Redis, keys: Keys) -> RunStore:
+    return RunStore(client, keys)
 
 
 def end_run(

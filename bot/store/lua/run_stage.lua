@@ -7,8 +7,10 @@ ARGV[3]  the stage's index (1-based): the run's current stage becomes at least t
 ARGV[4]  now (ms)
 ARGV[5]  seconds the record lives without a change (BOT_JOB_TTL)
 
-A final member state is not overwritten by `running` (a late write of an earlier attempt);
-an ended run keeps its current stage. Returns 0 when the record is gone, else 1.
+A member state that is final (succeeded, failed, rejected, dead: a job's final state never
+changes) is not overwritten: not by `running` (a late write of an earlier attempt), nor by
+`skipped` (a copy of the stage's message arriving after the run ended). An ended run keeps its
+current stage. Returns 0 when the record is gone, else 1.
 ]]
 local cur = redis.call('HMGET', KEYS[1], 'state', 'stage', ARGV[1])
 if not cur[1] then
@@ -16,7 +18,7 @@ if not cur[1] then
 end
 local member = cur[3]
 local final = member == 'succeeded' or member == 'failed' or member == 'rejected' or member == 'dead'
-if not (final and ARGV[2] == 'running') then
+if not final then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
