@@ -77,7 +77,7 @@ def submit_op(
         result = app.send_task(
             spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown
         )
-    except Exception:
+    except BaseException:  # SystemExit too: a beat stopped by SIGTERM between claim and send
         if job_id is not None:  # not enqueued: free the id so that submitting it again works
             app.redis().delete(app.keys.job(job_id))
         raise
@@ -116,7 +116,7 @@ def submit_pipeline(
         return Submitted(run_id, enqueued=False, resent=True)
     try:
         result = app.send_task(spec.task_name, kwargs=data, task_id=run_id, queue=queue)
-    except Exception:
+    except BaseException:  # as in submit_op
         if run_id is not None:
             app.redis().delete(app.keys.pipeline(run_id))
         raise
