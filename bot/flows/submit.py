@@ -17,7 +17,7 @@ the event's redelivery repair the lost send.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,23 +65,18 @@ def submit_op(
     spec.validate(data)  # the worker validates again; what is sent is what the caller gave
     queue = queue or spec.queue or app.settings.default_queue
     digest = payload_digest([], as_sent(data))
-    if job_id is not None and not app.job_store().claim(
-        job_id, spec.name, queue, digest, app.settings.job_ttl
-    ):
-        if not (resend_queued and still_queued(app, app.keys.job(job_id), digest)):
-            return Submitted(job_id, enqueued=False)
-        logger.info("job %s: claimed but still queued; sent again", job_id)
-        app.send_task(spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown)
-        return Submitted(job_id, enqueued=False, resent=True)
-    try:
-        result = app.send_task(
-            spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown
+
+    def claim(job_id: str) -> bool:
+        return app.job_store().claim(job_id, spec.name, queue, digest, app.settings.job_ttl)
+
+    def send() -> str:
+        return str(
+            app.send_task(
+                spec.task_name, kwargs=data, task_id=job_id, queue=queue, countdown=countdown
+            ).id
         )
-    except BaseException:  # SystemExit too: a beat stopped by SIGTERM between claim and send
-        if job_id is not None:  # not enqueued: free the id so that submitting it again works
-            app.redis().delete(app.keys.job(job_id))
-        raise
-    return Submitted(result.id, enqueued=True)
+
+    return _enqueue_once(app, job_id, app.keys.job, claim, send, digest, resend_queued)
 
 
 def submit_pipeline(
@@ -106,21 +101,56 @@ def submit_pipeline(
     queue = queue or app.settings.default_queue
     runs = RunStore(app.redis(), app.keys)
     digest = payload_digest([], as_sent(data))
-    if run_id is not None and not runs.claim(
-        run_id, spec.name, queue, digest, app.settings.job_ttl
-    ):
-        if not (resend_queued and still_queued(app, app.keys.pipeline(run_id), digest)):
-            return Submitted(run_id, enqueued=False)
-        logger.info("pipeline run %s: claimed but still queued; sent again", run_id)
-        app.send_task(spec.task_name, kwargs=data, task_id=run_id, queue=queue)
-        return Submitted(run_id, enqueued=False, resent=True)
+
+    def claim(run_id: str) -> bool:
+        return runs.claim(run_id, spec.name, queue, digest, app.settings.job_ttl)
+
+    def send() -> str:
+        return str(app.send_task(spec.task_name, kwargs=data, task_id=run_id, queue=queue).id)
+
+    return _enqueue_once(app, run_id, app.keys.pipeline, claim, send, digest, resend_queued)
+
+
+def _enqueue_once(
+    app: AppPort,
+    given_id: str | None,
+    record_key: Callable[[str], str],
+    claim: Callable[[str], bool],
+    send: Callable[[], str],
+    digest: str,
+    resend_queued: bool,
+) -> Submitted:
+    """Send the message; with a caller's id, claim it first (see the module docstring).
+    Interrupted anywhere between the claim and the send, even by SystemExit (a beat stopped by
+    SIGTERM mid-tick) or inside the claim's own round trip, the claim is freed again, so the id
+    can be submitted again; a claim freed that another submitter of the same payload had made
+    costs nothing (its message, if sent, runs and creates the record)."""
+    if given_id is None:
+        return Submitted(send(), enqueued=True)
+    key = record_key(given_id)
     try:
-        result = app.send_task(spec.task_name, kwargs=data, task_id=run_id, queue=queue)
-    except BaseException:  # as in submit_op
-        if run_id is not None:
-            app.redis().delete(app.keys.pipeline(run_id))
+        if claim(given_id):
+            return Submitted(send(), enqueued=True)
+        if not (resend_queued and still_queued(app, key, digest)):
+            return Submitted(given_id, enqueued=False)
+        logger.info("%s: claimed but still queued; sent again", key)
+        send()
+        return Submitted(given_id, enqueued=False, resent=True)
+    except BaseException:
+        _free_claim(app, key, digest)
         raise
-    return Submitted(result.id, enqueued=True)
+
+
+def _free_claim(app: AppPort, key: str, digest: str) -> None:
+    try:
+        if still_queued(app, key, digest):
+            app.redis().delete(key)
+    except Exception as exc:  # Redis is down too: the id stays claimed, with no message
+        logger.warning(
+            "%s: claimed, not sent, and not freed (%s); a submission with resend_queued sends it",
+            key,
+            exc,
+        )
 
 
 def still_queued(app: AppPort, key: str, digest: str) -> bool:

@@ -68,3 +68,22 @@ def test_a_claimed_run_with_no_start_message_is_sent_again(
     )
 
     assert again.resent and client.llen("celery") == 1
+
+
+def test_a_submission_interrupted_inside_its_claim_frees_the_id(
+    app: BotApp, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = app.job_store()
+    claim = store.claim
+
+    def claim_then_sigterm(*args: Any, **kwargs: Any) -> bool:
+        claim(*args, **kwargs)  # Redis ran the script; its reply never reached the caller
+        raise SystemExit(0)
+
+    monkeypatch.setattr(store, "claim", claim_then_sigterm)
+    with pytest.raises(SystemExit):
+        submit_op(app, "sum", SUM, job_id="sched.x.1")
+    monkeypatch.undo()
+
+    assert not client.exists("bot:job:sched.x.1")
+    assert submit_op(app, "sum", SUM, job_id="sched.x.1").enqueued
