@@ -105,6 +105,12 @@ class Client:
         """The run's record (state, current stage, each stage job's state); None when unknown."""
         return RunStore(self.app.redis(), self.app.keys).read(run_id)
 
+    def running_pipelines(self, limit: int = 100) -> list[RunRecord]:
+        """Up to `limit` pipeline runs that have started and not ended, oldest first."""
+        runs = RunStore(self.app.redis(), self.app.keys)
+        records = (runs.read(run_id) for run_id in runs.running(limit))
+        return [record for record in records if record is not None and not record.final]
+
     def wait_pipeline(
         self,
         run_id: str,

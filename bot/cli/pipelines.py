@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -83,6 +84,24 @@ def submit(
         click.echo(f"bot: {exc}", err=True)
         sys.exit(EXIT_TIMEOUT)
     _print_end(record)
+
+
+@pipeline.command("list")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print each run's record as JSON.")
+def list_runs(limit: int, as_json: bool) -> None:
+    """The runs that are running, oldest first: run id, pipeline, current stage, age."""
+    records = Client().running_pipelines(limit)
+    if as_json:
+        click.echo(json.dumps([record.describe() for record in records], default=str))
+        return
+    now = time.time() * 1000
+    for record in records:
+        age = (now - (record.started_at_ms or now)) / 1000
+        click.echo(
+            f"{printable(record.run_id, 80):40} {printable(record.pipeline, 40):24} "
+            f"stage {record.stage}/{len(record.stages)}  {age:8.1f}s"
+        )
 
 
 @pipeline.command("status")

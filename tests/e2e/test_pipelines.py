@@ -103,6 +103,8 @@ def test_a_pipeline_runs_its_stages_as_jobs_and_ends_with_one_report(
     assert (started.returncode, started.stdout.strip()) == (0, "15"), started.stderr
     shown = run_bot(cli_env, "pipeline", "status", "dos-1")
     assert "stage 2: sum succeeded (dos-1.s2.1), subtract succeeded (dos-1.s2.2)" in shown.stdout
+    listed = run_bot(cli_env, "pipeline", "list", "--json")
+    assert (listed.returncode, json.loads(listed.stdout)) == (0, [])  # every run has ended
 
 
 def test_failure_policies_stop_the_run_or_pass_the_default_on(
@@ -144,6 +146,8 @@ def test_kill9_of_the_worker_running_stage_2_reruns_stage_2_only(
     ]
     Client(app).submit_pipeline("recover_mid", {"seconds": 3}, run_id="mid-1")
     victim = owner_worker(client, "mid-1.s2", pair)
+    (running,) = Client(app).running_pipelines()
+    assert (running.run_id, running.stage) == ("mid-1", 2)
 
     os.kill(victim.pid, signal.SIGKILL)
     try:
@@ -158,6 +162,7 @@ def test_kill9_of_the_worker_running_stage_2_reruns_stage_2_only(
     assert reports_per_job(client) == Counter(
         {"mid-1.s1": 1, "mid-1.s2": 1, "mid-1.s3": 1, "mid-1": 1}
     )
+    assert Client(app).running_pipelines() == []
 
 
 def test_a_parallel_member_that_ends_dead_fails_the_run(
