@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -58,11 +58,7 @@ def submit(
     try:
         submitted = Client().submit(op, payload, job_id=job_id, queue=queue, countdown=countdown)
     except PayloadRejected as exc:
-        about_payload = exc.errors and not isinstance(exc, InvalidJobId)
-        print_rejection(
-            f"invalid payload for op {op!r}" if about_payload else exc.message, exc.errors
-        )
-        sys.exit(EXIT_USAGE)
+        exit_rejected(exc, f"op {op!r}")
     if not submitted.enqueued:
         click.echo(f"bot: job {submitted.job_id} is already known; not enqueued again", err=True)
     if not wait:
@@ -108,6 +104,13 @@ def _wait_and_print(job_id: str, timeout: float | None) -> None:
         error.get("details") or [],
     )
     sys.exit(EXIT_FAILED)
+
+
+def exit_rejected(exc: PayloadRejected, what: str) -> NoReturn:
+    """Print why a submission of `what` was refused (with its field errors) and exit 2."""
+    about_payload = exc.errors and not isinstance(exc, InvalidJobId)
+    print_rejection(f"invalid payload for {what}" if about_payload else exc.message, exc.errors)
+    sys.exit(EXIT_USAGE)
 
 
 def print_rejection(headline: str, field_errors: list[dict[str, Any]]) -> None:

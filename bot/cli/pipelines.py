@@ -12,10 +12,10 @@ import click
 
 # Importing bot builds the app, which discovers the ops and pipelines (bot/pipelines/discovery.py).
 import bot  # noqa: F401
-from bot.base.exits import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
-from bot.cli.jobs import emit, fields_summary, payload_from, print_rejection
+from bot.base.exits import EXIT_FAILED, EXIT_TIMEOUT
+from bot.cli.jobs import emit, exit_rejected, fields_summary, payload_from, print_rejection
 from bot.client import Client
-from bot.errors import InvalidJobId, PayloadRejected, UnknownPipeline
+from bot.errors import PayloadRejected
 from bot.flows.run_record import RunRecord
 from bot.jobs.envelope import printable
 from bot.pipelines import PIPELINES
@@ -64,15 +64,8 @@ def submit(
     payload = payload_from(json_payload, fields)
     try:
         submitted = Client().submit_pipeline(name, payload, run_id=run_id)
-    except UnknownPipeline as exc:
-        click.echo(f"bot: {printable(str(exc), 2000)}", err=True)
-        sys.exit(EXIT_USAGE)
-    except PayloadRejected as exc:
-        about_payload = exc.errors and not isinstance(exc, InvalidJobId)
-        print_rejection(
-            f"invalid payload for pipeline {name!r}" if about_payload else exc.message, exc.errors
-        )
-        sys.exit(EXIT_USAGE)
+    except PayloadRejected as exc:  # UnknownPipeline and InvalidJobId too
+        exit_rejected(exc, f"pipeline {name!r}")
     if not submitted.enqueued:
         click.echo(f"bot: run {submitted.job_id} is already known; not started again", err=True)
     if not wait:

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from bot.base.clock import now_ms
+from bot.jobs.record import int_field, json_field
 from bot.pipelines.registry import PipelineSpec
 from bot.pipelines.stages import Parallel, members
 from bot.store import scripts
@@ -103,19 +104,19 @@ class RunRecord:
     @classmethod
     def from_hash(cls, run_id: str, fields: Mapping[str, str]) -> RunRecord:
         get = fields.get
-        outcome = _json(get("outcome"))
+        outcome = json_field(get("outcome"))
         return cls(
             run_id=run_id,
             state=get("state") or "",
             pipeline=get("pipeline") or "",
-            stage=_int(get("stage")) or 0,
-            stages=_stages(_json(get("plan")), fields),
+            stage=int_field(get("stage")) or 0,
+            stages=_stages(json_field(get("plan")), fields),
             outcome=outcome if isinstance(outcome, dict) else {},
             report_id=get("report_id") or "",
-            enqueued_at_ms=_int(get("enqueued_at")),
-            started_at_ms=_int(get("started_at")),
-            updated_at_ms=_int(get("updated_at")),
-            finished_at_ms=_int(get("finished_at")),
+            enqueued_at_ms=int_field(get("enqueued_at")),
+            started_at_ms=int_field(get("started_at")),
+            updated_at_ms=int_field(get("updated_at")),
+            finished_at_ms=int_field(get("finished_at")),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -153,20 +154,6 @@ def _stages(raw_plan: Any, fields: Mapping[str, str]) -> tuple[StageView, ...]:
         )
         views.append(StageView(index, ops, job_ids, states))
     return tuple(views)
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
-
-
-def _json(value: str | None) -> Any:
-    try:
-        return json.loads(value) if value else None
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,16 @@ from typing import Any
 from bot.jobs.reports import FINAL_STATES
 
 
-def _int(value: str | None) -> int | None:
+def int_field(value: str | None) -> int | None:
+    """A hash field as an int; None for none, or for a value that does not parse."""
     try:
         return int(value) if value else None
     except ValueError:
         return None
 
 
-def _json(value: str | None) -> Any:
+def json_field(value: str | None) -> Any:
+    """A hash field as JSON; None for none, or for a value that does not parse."""
     try:
         return json.loads(value) if value else None
     except ValueError:
@@ -63,23 +65,23 @@ class JobRecord:
     def from_hash(cls, job_id: str, fields: Mapping[str, str | None]) -> JobRecord:
         """The record from HGETALL's mapping (or HMGET's names and values zipped)."""
         get = fields.get
-        message, outcome = _json(get("message")), _json(get("outcome"))
-        progress = _json(get("progress"))
+        message, outcome = json_field(get("message")), json_field(get("outcome"))
+        progress = json_field(get("progress"))
         return cls(
             job_id=job_id,
             state=get("state") or "",
             op=get("op"),
             queue=get("queue") or "",
             owner=get("owner") or "",
-            pid=_int(get("pid")),
-            fence=_int(get("fence")) or 0,
-            attempts=_int(get("attempts")) or 0,
-            recoveries=_int(get("recoveries")) or 0,
+            pid=int_field(get("pid")),
+            fence=int_field(get("fence")) or 0,
+            attempts=int_field(get("attempts")) or 0,
+            recoveries=int_field(get("recoveries")) or 0,
             delivery_tag=get("delivery_tag") or "",
             message=message if isinstance(message, dict) else {},
             progress=progress if isinstance(progress, dict) else None,
             outcome=outcome if isinstance(outcome, dict) else {},
-            enqueued_at_ms=_int(get("enqueued_at")),
-            started_at_ms=_int(get("started_at")),
-            finished_at_ms=_int(get("finished_at")),
+            enqueued_at_ms=int_field(get("enqueued_at")),
+            started_at_ms=int_field(get("started_at")),
+            finished_at_ms=int_field(get("finished_at")),
         )
