@@ -80,8 +80,16 @@ def drop_message(app: Any, consumer: Any, message: Any, problem: Malformed, ack:
     usable = isinstance(raw_id, str) and job_id_problem(raw_id) is None
     task_id = str(raw_id) if usable else stand_in_job_id(raw_id, raw_body(message))
     logger.warning("task %s: refused before running: %s", task_id, problem)
+    _refused(app, consumer, message, task_id, problem, ack)
+
+
+def _refused(
+    app: Any, consumer: Any, message: Any, task_id: str, problem: Malformed, ack: Any
+) -> None:
+    """A refused message's last steps: Celery's result and task events say FAILURE, then the
+    message is acked."""
     _mark_failed(app, task_id, problem)
-    _announce(consumer, task_id, headers.get("task"), problem)
+    _announce(consumer, task_id, (message.headers or {}).get("task"), problem)
     ack(logger, consumer.connection_errors)
 
 
@@ -129,9 +137,7 @@ def reject_message(
     delivery = rejected_delivery(app, message, op)
     logger.warning("job %s: rejected before running: %s", delivery.job_id, problem)
     record_rejection(app, delivery, problem)
-    _mark_failed(app, delivery.job_id, problem)
-    _announce(consumer, delivery.job_id, message.headers.get("task"), problem)
-    ack(logger, consumer.connection_errors)
+    _refused(app, consumer, message, delivery.job_id, problem, ack)
 
 
 def rejected_delivery(app: Any, message: Any, op: str) -> Delivery:

@@ -194,16 +194,47 @@ def run_op(task: OpTask, /, *args: Any, **payload: Any) -> Any:
     stage = stage_of(task.request) if task.stage_hooks is not None else None
     if stage is not None:
         return run_stage(task, stage, args, payload)
-    spec = task.op_spec
     attempt = guard(task, delivery_of(task, args, payload))
-    if attempt.acquired.exhausted:  # decided by acquire.lua: this attempt must not run
-        return _end_dead(attempt, task.app.settings.max_recoveries)
     try:
-        model = decode(spec, args, payload, task.app.settings.max_payload_bytes)
+        return run_attempt(task, attempt, args, payload)
+    except JobEnded as ended:
+        raise ended.error from None
+
+
+class JobEnded(Exception):
+    """An attempt ended its job without success (`status`: rejected, failed or dead), with its
+    outcome and report recorded; `error` is why."""
+
+    def __init__(self, status: str, error: BaseException) -> None:
+        super().__init__(status)
+        self.status = status
+        self.error = error
+
+
+def run_attempt(
+    task: OpTask, attempt: Attempt, args: tuple[Any, ...], payload: dict[str, Any]
+) -> Any:
+    """decode -> execute -> record, for a job this attempt acquired: its result, or
+    `JobEnded`. Retry, Ignore and Reject pass through to Celery."""
+    settings = task.app.settings
+    if attempt.acquired.exhausted:  # decided by acquire.lua: this attempt must not run
+        recoveries = attempt.acquired.recoveries
+        dead = JobDead(
+            f"job recovered {recoveries} times, over BOT_MAX_RECOVERIES ({settings.max_recoveries})"
+        )
+        _finish_or_ignore(attempt, "dead", error=dead)
+        raise JobEnded("dead", dead)
+    try:
+        model = decode(task.op_spec, args, payload, settings.max_payload_bytes)
     except PayloadRejected as exc:
         _finish_or_ignore(attempt, "rejected", error=exc)
+        raise JobEnded("rejected", exc) from None
+    try:
+        result = execute(task, attempt, model)
+    except (Retry, Ignore, Reject):
         raise
-    result = execute(task, attempt, model)
+    except Exception as exc:  # execute recorded the job `failed`
+        raise JobEnded("failed", exc) from None
     # Celery's SUCCESS meta goes with the record, in one step (None: Celery writes it)
     meta = celery_meta.succeeded(task, result) if celery_meta.folds(task) else None
     _finish_or_ignore(attempt, "succeeded", result=result, result_meta=meta)
@@ -234,13 +265,6 @@ def execute(task: OpTask, attempt: Attempt, model: BaseModel) -> Any:
         raise
     finally:
         unbind_progress()
-
-
-def _end_dead(attempt: Attempt, max_recoveries: int) -> Any:
-    recoveries = attempt.acquired.recoveries
-    exc = JobDead(f"job recovered {recoveries} times, over BOT_MAX_RECOVERIES ({max_recoveries})")
-    _finish_or_ignore(attempt, "dead", error=exc)
-    raise exc
 
 
 def _finish_or_ignore(attempt: Attempt, status: str, **outcome: Any) -> None:
@@ -276,46 +300,10 @@ def run_stage(task: OpTask, stage: StageContext, args: tuple[Any, ...], payload:
     attempt = Attempt(task.app, delivery, verdict, RUNTIME.owner())
     hooks.started(stage)
     try:
-        result = _run_stage_attempt(task, attempt, args, payload)
-    except (Retry, Ignore, Reject):
-        raise
-    except _StageEnded as ended:
+        result = run_attempt(task, attempt, args, payload)
+    except JobEnded as ended:
         return _stage_failed(hooks, stage, ended.status, ended.error)
     hooks.succeeded(stage, result)
-    return result
-
-
-class _StageEnded(Exception):
-    """A stage's job ended without success (its outcome is recorded): `status`, `error`."""
-
-    def __init__(self, status: str, error: BaseException) -> None:
-        super().__init__(status)
-        self.status = status
-        self.error = error
-
-
-def _run_stage_attempt(
-    task: OpTask, attempt: Attempt, args: tuple[Any, ...], payload: dict[str, Any]
-) -> Any:
-    """Run the stage's op once, as `run_op` runs a job; `_StageEnded` when it ended without
-    success (rejected, failed or dead), with its outcome recorded."""
-    if attempt.acquired.exhausted:
-        try:
-            _end_dead(attempt, task.app.settings.max_recoveries)
-        except JobDead as exc:
-            raise _StageEnded("dead", exc) from None
-    try:
-        model = decode(task.op_spec, args, payload, task.app.settings.max_payload_bytes)
-    except PayloadRejected as exc:
-        _finish_or_ignore(attempt, "rejected", error=exc)
-        raise _StageEnded("rejected", exc) from None
-    try:
-        result = execute(task, attempt, model)
-    except (Retry, Ignore, Reject):
-        raise
-    except Exception as exc:  # execute recorded the job `failed`
-        raise _StageEnded("failed", exc) from None
-    _finish_or_ignore(attempt, "succeeded", result=result)
     return result
 
 
