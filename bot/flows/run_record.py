@@ -227,7 +227,12 @@ class RunStore:
     ) -> RunEnd:
         """End the run `state` with its report, once. See run_end.lua."""
         reply = self._end(
-            keys=[self.keys.pipeline(run_id), self.keys.outbox, self.keys.pipelines_running],
+            keys=[
+                self.keys.pipeline(run_id),
+                self.keys.outbox,
+                self.keys.pipelines_running,
+                self.keys.stats,
+            ],
             args=[run_id, state, json.dumps(outcome, default=str), report_json, now_ms(), ttl_s],
         )
         if int(reply[0]) == 1:

@@ -46,7 +46,7 @@ class WorkerCollector(Collector):
         if instance is None:
             return
         try:
-            counts, record, in_flight, stats, outbox_len, dead_len = self._read(instance)
+            counts, record, in_flight, stats, outbox_len, dead_len, runs = self._read(instance)
         except Exception as exc:  # Redis down: expose that, not a scrape error
             logger.debug("metrics scrape: %s", exc)
             yield GaugeMetricFamily("bot_redis_up", "Whether Redis answered the scrape.", value=0)
@@ -55,6 +55,7 @@ class WorkerCollector(Collector):
         yield from job_metrics(counts)
         yield from worker_metrics(record, in_flight)
         yield from fleet_metrics(stats, outbox_len, dead_len)
+        yield from pipeline_metrics(stats, runs)
         yield outbox_pending(self._groups())
 
     def _groups(self) -> list[dict[str, Any]]:
@@ -72,6 +73,7 @@ class WorkerCollector(Collector):
         pipe.hgetall(keys.stats)
         pipe.xlen(keys.outbox)
         pipe.xlen(keys.outbox_dead)
+        pipe.zcard(keys.pipelines_running)
         return tuple(pipe.execute())
 
 
@@ -155,6 +157,23 @@ def fleet_metrics(stats: dict[str, str], outbox_len: int, dead_len: int) -> Iter
         )
     yield GaugeMetricFamily("bot_outbox_length", "Entries in the outbox stream.", value=outbox_len)
     yield GaugeMetricFamily("bot_outbox_dead", "Reports in the dead-letter stream.", value=dead_len)
+
+
+#: Final states of a pipeline run, counted in `bot:stats` as `pipeline_runs_<state>`.
+RUN_END_STATES = ("succeeded", "failed")
+
+
+def pipeline_metrics(stats: dict[str, str], running: int) -> Iterator[Any]:
+    """Pipeline runs ended by state (fleet-wide, counted by run_end.lua), and those running."""
+    ended = CounterMetricFamily(
+        "bot_pipeline_runs", "Pipeline runs ended, fleet-wide, by state.", labels=["state"]
+    )
+    for state in RUN_END_STATES:
+        ended.add_metric([state], int(stats.get(f"pipeline_runs_{state}", 0)))
+    yield ended
+    yield GaugeMetricFamily(
+        "bot_pipeline_runs_running", "Pipeline runs started and not ended.", value=running
+    )
 
 
 def serve(

@@ -137,6 +137,8 @@ def test_a_run_ends_once_with_one_report(app: BotApp, client: redis.Redis) -> No
     second = end_run(app, "run-e", "failed", error=ReportError(type="X", message="late"))
 
     assert first.ended and not second.ended and second.state == "succeeded"
+    assert client.hget("bot:stats", "pipeline_runs_succeeded") == "1"  # counted once
+    assert client.hget("bot:stats", "pipeline_runs_failed") is None
     (report,) = outbox(client)
     Report.model_validate(report)
     assert report["result"] == {"x": 1}

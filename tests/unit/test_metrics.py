@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from bot.observe.metrics import breaker_levels, job_metrics, serve
+from bot.observe.metrics import breaker_levels, job_metrics, pipeline_metrics, serve
 from bot.store.metrics_hash import (
     UNKNOWN_OP,
     duration_bucket,
@@ -86,3 +86,13 @@ def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_pipeline_runs_by_state_and_running() -> None:
+    stats = {"pipeline_runs_succeeded": "7", "pipeline_runs_failed": "2", "recoveries": "1"}
+
+    ended, running = list(pipeline_metrics(stats, 3))
+
+    assert {s.labels["state"]: s.value for s in ended.samples} == {"succeeded": 7, "failed": 2}
+    assert ended.samples[0].name == "bot_pipeline_runs_total"
+    assert (running.name, running.samples[0].value) == ("bot_pipeline_runs_running", 3)

@@ -3,6 +3,7 @@
 KEYS[1]  run record hash            bot:pipeline:{run_id}
 KEYS[2]  outbox stream              bot:outbox
 KEYS[3]  running runs zset          bot:pipelines:running
+KEYS[4]  fleet counters hash        bot:stats (pipeline_runs_<state> + 1)
 ARGV[1]  run id
 ARGV[2]  final state: succeeded | failed
 ARGV[3]  outcome JSON ({"result": ...} or {"error": ...})
@@ -27,4 +28,5 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'outcome', ARGV[3], 'updated_at', 
   'finished_at', ARGV[5], 'report_id', entry)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'pipeline_runs_' .. ARGV[2], 1)
 return {1, entry}
