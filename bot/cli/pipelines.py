@@ -88,6 +88,8 @@ def list_runs(limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([record.describe() for record in records], default=str))
         return
+    if not records:
+        click.echo("no pipeline run is running")
     now = time.time() * 1000
     for record in records:
         age = (now - (record.started_at_ms or now)) / 1000

@@ -38,6 +38,8 @@ def triggers(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([trigger.describe() for trigger in TRIGGERS], indent=2))
         return
+    if not len(TRIGGERS):
+        click.echo("no triggers (declare them with bot.on next to your ops)")
     for trigger in TRIGGERS:
         click.echo(_line(trigger))
 
