@@ -115,3 +115,14 @@ def test_compose_procfile_readme_and_bot_up_start_the_same_beat() -> None:
     assert beat == procfile["beat"] == "celery -A bot beat -l info"
     assert "`celery -A bot beat -l info`" in readme()
     assert '"beat", "-l", "info"' in (ROOT / "bot/cli/up.py").read_text()
+
+
+def test_no_module_of_bot_is_over_the_400_lines_docs_architecture_promises() -> None:
+    promise = "none is over 400 lines"
+    assert promise in (ROOT / "docs" / "architecture.md").read_text()
+    lengths = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in (ROOT / "bot").rglob("*.py")
+    }
+    assert {name: n for name, n in lengths.items() if n > 400} == {}
+    assert len(lengths) > 50  # the walk found the package
