@@ -22,7 +22,7 @@ from bot.flows.stage_hooks import PipelineStageHooks
 from bot.jobs.envelope import ENQUEUED_AT_HEADER
 from bot.jobs.intake import reject_unknown_op
 from bot.jobs.run import OpTask, run_op
-from bot.jobs.store import JobStore
+from bot.jobs.store import JobStore, ReplicaWait
 from bot.ops import REGISTRY, OpSpec
 from bot.pipelines.discovery import discover_pipelines
 from bot.pipelines.registry import PIPELINES, PipelineSpec
@@ -65,9 +65,22 @@ class BotApp(Celery):
         current = self._bot_redis
         if current is None or current[0] != os.getpid():
             client = connect(self.settings)
-            current = (os.getpid(), client, JobStore(client, self.keys))
+            current = (
+                os.getpid(),
+                client,
+                JobStore(client, self.keys, replica_wait(self.settings)),
+            )
             self._bot_redis = current
         return current
+
+
+#: Milliseconds in a second (WAIT takes its timeout in ms).
+MS_PER_S = 1000
+
+
+def replica_wait(settings: Settings) -> ReplicaWait:
+    """The WAIT after a job's end that BOT_REDIS_MIN_REPLICAS asks for (bot/jobs/store.py)."""
+    return ReplicaWait(settings.redis_min_replicas, int(settings.redis_wait_timeout * MS_PER_S))
 
 
 def register_op(app: BotApp, spec: OpSpec) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.settings import Settings
+from config.settings import Settings, is_sentinel_url, parse_sentinel_url
 
 #: Seconds: how long a Redis socket may block, how long a connect may take, and how often an
 #: idle connection is checked. Short enough that a dead Redis is seen within a heartbeat or two.
@@ -30,9 +30,27 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": REDIS_HEALTH_CHECK_INTERVAL_S,
         "retry_on_timeout": True,
+        **sentinel_options(settings, settings.redis_url),
     }
     options.update(settings.broker_transport_options)
     return options
+
+
+def sentinel_options(settings: Settings, url: str) -> dict[str, Any]:
+    """kombu's and Celery's transport options for a sentinel:// URL: the master's name (both
+    kombu.transport.redis.SentinelChannel and celery.backends.redis.SentinelBackend read
+    `master_name`) and the sentinels' own socket timeouts (`sentinel_kwargs`: Celery passes {}
+    when unset, which leaves redis-py's sentinel connections without any timeout); nothing for a
+    plain Redis URL."""
+    if not is_sentinel_url(url):
+        return {}
+    return {
+        "master_name": settings.redis_sentinel_master,
+        "sentinel_kwargs": {
+            "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+        },
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -40,6 +58,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.result_backend_url,
+        "result_backend_transport_options": sentinel_options(settings, settings.result_backend_url),
         "broker_transport_options": broker_transport_options(settings),
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
@@ -88,8 +107,27 @@ def beat_config(settings: Settings) -> dict[str, Any]:
     return {
         "beat_scheduler": "bot.flows.beat:BotScheduler",
         "beat_max_loop_interval": settings.beat_max_interval,
-        "redbeat_redis_url": settings.redis_url,
-        "redbeat_redis_options": {"retry_period": BEAT_REDIS_RETRY_S},
+        **redbeat_redis(settings),
         "redbeat_key_prefix": f"{settings.key_prefix}:redbeat:",
         "redbeat_lock_timeout": settings.beat_max_interval * BEAT_LOCK_INTERVALS,
     }
+
+
+def redbeat_redis(settings: Settings) -> dict[str, Any]:
+    """Where redbeat keeps its schedule and lock: the broker's Redis. Under Sentinel redbeat
+    wants its own form (schedulers.get_redis: a `redis-sentinel://` URL, the sentinels and the
+    master's `service_name`, password and db in its options)."""
+    options: dict[str, Any] = {"retry_period": BEAT_REDIS_RETRY_S}
+    if not is_sentinel_url(settings.redis_url):
+        return {"redbeat_redis_url": settings.redis_url, "redbeat_redis_options": options}
+    address = parse_sentinel_url(settings.redis_url)
+    options.update(
+        sentinels=list(address.sentinels),
+        service_name=settings.redis_sentinel_master,
+        password=address.password,
+        db=address.db,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+    )
+    if address.username:
+        options["username"] = address.username
+    return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}

@@ -9,17 +9,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "BOT_"
 
-#: Schemes redis-py and kombu accept for a Redis connection.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: Schemes redis-py and kombu accept for a Redis connection, plus kombu's Sentinel form.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+#: kombu's and Celery's scheme for Redis Sentinel: `sentinel://h1:26379;sentinel://h2:26379/0`.
+SENTINEL_SCHEME = "sentinel"
+SENTINEL_SEPARATOR = ";"
+SENTINEL_DEFAULT_PORT = 26379
 #: `ssl_cert_reqs` values that redis-py, kombu and Celery's result backend all accept.
 SSL_CERT_REQS = ("required", "optional", "none")
 #: What a rediss:// URL must say, shown when it does not (kombu would otherwise connect without
@@ -55,6 +60,14 @@ class Settings(BaseSettings):
 
     redis_url: str = Field("redis://localhost:6379/0", repr=False)
     result_url: str | None = Field(None, repr=False)
+    #: The master name Sentinel monitors (`sentinel monitor <name> ...`); required when
+    #: BOT_REDIS_URL or BOT_RESULT_URL is a `sentinel://` URL (docs/failover.md).
+    redis_sentinel_master: str | None = Field(None, min_length=1)
+    #: After the script that ends a job: WAIT for this many replicas to acknowledge it (0: do
+    #: not wait). Fewer in time is logged and counted, never a failed job (docs/failover.md).
+    redis_min_replicas: int = Field(0, ge=0)
+    #: Seconds that WAIT may take.
+    redis_wait_timeout: float = Field(0.5, gt=0)
     id: str | None = None
     state_dir: Path = Path(".state")
     heartbeat_interval: float = Field(5.0, gt=0)
@@ -105,7 +118,9 @@ class Settings(BaseSettings):
         if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
             schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
             raise ValueError(f"must be a URL starting with one of {schemes}")
-        if value is not None:
+        if value is not None and is_sentinel_url(value):
+            parse_sentinel_url(value)
+        elif value is not None:
             check_tls_options(value)
         return value
 
@@ -157,6 +172,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _sentinel_has_master(self) -> Settings:
+        uses_sentinel = is_sentinel_url(self.redis_url) or is_sentinel_url(self.result_url)
+        if uses_sentinel and not self.redis_sentinel_master:
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_SENTINEL_MASTER: must name the master Sentinel monitors "
+                "(its `sentinel monitor <name>`) when a Redis URL is sentinel://"
+            )
+        return self
+
     # -- derived values ----------------------------------------------------------------------
 
     @property
@@ -196,8 +221,48 @@ def check_tls_options(url: str) -> None:
         raise ValueError(TLS_HINT)
 
 
+@dataclass(frozen=True)
+class SentinelAddress:
+    """What a `sentinel://` URL says: the sentinels to ask, and the database, user and
+    password of the master they name (taken from the first address, as kombu and Celery do)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    return bool(url) and urlsplit(str(url)).scheme == SENTINEL_SCHEME
+
+
+def parse_sentinel_url(url: str) -> SentinelAddress:
+    """The sentinels of `sentinel://[:password@]h1:26379[/db];sentinel://h2:26379;...`;
+    ValueError naming what is wrong."""
+    chunks = [chunk for chunk in url.split(SENTINEL_SEPARATOR) if chunk.strip()]
+    parts = [urlsplit(chunk.strip()) for chunk in chunks]
+    if not parts or any(p.scheme != SENTINEL_SCHEME or not p.hostname for p in parts):
+        raise ValueError(
+            "a Sentinel URL is sentinel://host:26379 addresses separated by ';' "
+            "(e.g. sentinel://s1:26379;sentinel://s2:26379/0)"
+        )
+    first = parts[0]
+    db_text = first.path.strip("/") or "0"
+    if not db_text.isdigit():
+        raise ValueError(f"the database of a Sentinel URL must be a number, not {db_text!r}")
+    return SentinelAddress(
+        sentinels=tuple((p.hostname or "", p.port or SENTINEL_DEFAULT_PORT) for p in parts),
+        db=int(db_text),
+        username=unquote(first.username) if first.username else None,
+        password=unquote(first.password) if first.password is not None else None,
+    )
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by `***`, fit for logs and CLI output."""
+    """The URL with any password replaced by `***`, fit for logs and CLI output (each address
+    of a `sentinel://` URL alike)."""
+    if SENTINEL_SEPARATOR in url:
+        return SENTINEL_SEPARATOR.join(redact_url(chunk) for chunk in url.split(SENTINEL_SEPARATOR))
     parts = urlsplit(url)
     if parts.password is None:
         return url

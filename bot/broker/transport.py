@@ -28,10 +28,16 @@ queue list that is not a kombu message at all (anything written there with a raw
 kombu raise while reading it, which stopped the worker; it is dropped with a log line
 (`Channel._brpop_read`).
 
-`install()` (called by `bot.application.create_app`) makes kombu resolve `redis://` and
-`rediss://` to this transport in the process, through kombu's transport alias table. Not
-Celery's `broker_transport` setting: that would also rename the URL scheme kombu reports
-(`as_uri()`), and Flower picks its broker client (queue lengths) by that scheme.
+Under Sentinel (`sentinel://` URLs) the same repairs hold: `SentinelTransport` here is kombu's
+`SentinelTransport` with a channel that is both bot's `Channel` and kombu's `SentinelChannel`
+(whose connection pools ask the sentinels for the master on every new connection, so a
+reconnect after a failover reaches the promoted replica; kombu reads `master_name` from the
+transport options, config/celery_config.py sets it from BOT_REDIS_SENTINEL_MASTER).
+
+`install()` (called by `bot.application.create_app`) makes kombu resolve `redis://`,
+`rediss://` and `sentinel://` to these transports in the process, through kombu's transport
+alias table. Not Celery's `broker_transport` setting: that would also rename the URL scheme
+kombu reports (`as_uri()`), and Flower picks its broker client (queue lengths) by that scheme.
 """
 
 from __future__ import annotations
@@ -50,10 +56,14 @@ from redis._parsers import _RESP2Parser
 
 logger = logging.getLogger(__name__)
 
-#: This transport, as kombu names transports.
-TRANSPORT = "bot.broker.transport:Transport"
-#: URL schemes that resolve to it once installed (both are kombu's Redis transport otherwise).
-SCHEMES = ("redis", "rediss")
+#: URL scheme -> bot's transport for it, as kombu names transports (kombu's own otherwise).
+TRANSPORTS = {
+    "redis": "bot.broker.transport:Transport",
+    "rediss": "bot.broker.transport:Transport",
+    "sentinel": "bot.broker.transport:SentinelTransport",
+}
+#: bot's Redis transport (redis://, rediss://).
+TRANSPORT = TRANSPORTS["redis"]
 
 
 class StrandedMessages:
@@ -210,10 +220,21 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """bot's `Channel` on kombu's Sentinel-managed pools (MRO: bot's repairs, then kombu's
+    Sentinel channel, then kombu's Redis channel)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with `SentinelChannel` above."""
+
+    Channel = SentinelChannel
+
+
 def install() -> None:
-    """Resolve `redis://` and `rediss://` URLs to this transport in this process."""
-    for scheme in SCHEMES:
-        kombu.transport.TRANSPORT_ALIASES[scheme] = TRANSPORT
+    """Resolve `redis://`, `rediss://` and `sentinel://` URLs to bot's transports here."""
+    for scheme, transport in TRANSPORTS.items():
+        kombu.transport.TRANSPORT_ALIASES[scheme] = transport
         # kombu caches the class per name; drop one resolved before this call.
         kombu.transport._transport_cache.pop(scheme, None)
 

@@ -34,7 +34,7 @@ import click
 import redis
 
 from bot import app
-from bot.store.connect import UNREACHABLE
+from bot.store.connect import UNREACHABLE, ping_url
 from config.logging_setup import configure_logging
 from config.settings import Settings
 
@@ -71,13 +71,11 @@ class Child:
             self.process.wait(timeout=10)
 
 
-def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+def redis_answers(url: str, timeout_s: float = 1.0, sentinel_master: str | None = None) -> bool:
+    """Whether the Redis at `url` (the master a sentinel:// URL names) answers PING."""
     try:
-        return bool(
-            redis.Redis.from_url(
-                url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-            ).ping()
-        )
+        ping_url(url, sentinel_master, timeout_s)
+        return True
     except (*UNREACHABLE, OSError):
         return False
     except redis.ResponseError:  # it answers, but e.g. wants AUTH: not ours to replace
@@ -176,7 +174,9 @@ class LocalFleet:
     children: list[Child] = field(default_factory=list)
 
     def start(self) -> None:
-        if not redis_answers(self.settings.redis_url):
+        if not redis_answers(
+            self.settings.redis_url, sentinel_master=self.settings.redis_sentinel_master
+        ):
             self._start_private_redis()
         celery = [sys.executable, "-m", "celery", "-A", "bot"]
         self._spawn("worker", [*celery, "worker", f"--autoscale={self.autoscale}", "-l", "info"])
@@ -209,7 +209,9 @@ class LocalFleet:
             )
         self._spawn("redis", command)
         deadline = time.monotonic() + 10
-        while not redis_answers(self.settings.redis_url):
+        while not redis_answers(
+            self.settings.redis_url, sentinel_master=self.settings.redis_sentinel_master
+        ):
             if time.monotonic() > deadline or not self.children[-1].alive():
                 raise RuntimeError("the private redis-server did not start")
             time.sleep(0.1)

@@ -36,7 +36,7 @@ from bot.fleet.records import WorkerRecords, op_schemas
 from bot.ops import REGISTRY
 from bot.outbox.delivery import is_sink_breaker
 from bot.runtime import worker_state as worker_info
-from bot.store.connect import UNREACHABLE, connect
+from bot.store.connect import UNREACHABLE, connect, ping_url
 from config.settings import Settings, redact_url
 
 logger = logging.getLogger("bot.fleet")
@@ -182,7 +182,7 @@ class FleetAgent:
             ("broker", self.app.conf.broker_url),
             ("result backend", self.app.conf.result_backend),
         ):
-            problem = _ping_url(url)
+            problem = _ping_url(url, self.settings.redis_sentinel_master)
             if problem:
                 problems.append(f"{what}: {problem}")
         return problems
@@ -365,15 +365,12 @@ def _queue_names(worker: Any) -> list[str]:
         return []
 
 
-def _ping_url(url: str | None) -> str | None:
-    """None when a Redis URL answers PING; else why not."""
-    if not url or url.split(":", 1)[0] not in ("redis", "rediss", "unix"):
+def _ping_url(url: str | None, sentinel_master: str | None) -> str | None:
+    """None when a Redis URL (or the master of a sentinel:// URL) answers PING; else why not."""
+    if not url or url.split(":", 1)[0] not in ("redis", "rediss", "unix", "sentinel"):
         return None
-    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
-        client.ping()
+        ping_url(url, sentinel_master, timeout_s=2.0)
     except _REDIS_ERRORS as exc:
         return str(exc)
-    finally:
-        client.close()
     return None

@@ -6,11 +6,17 @@ fence may record an outcome; a final outcome appends the report to the outbox in
 script. reap: hand a job back (`queued`, recoveries + 1) if it still runs under the owner
 named, at the fence read; used by the reaper, the unheld-job audit and the lost-child hand-back.
 All are single Lua scripts (`bot/store/lua/`), so every multi-key change is atomic.
+
+With `BOT_REDIS_MIN_REPLICAS` > 0, a complete that ended the job is followed by
+`WAIT min_replicas timeout_ms` (`ReplicaWait`): the end of the job (record + outbox entry) then
+survives a failover once that many replicas hold it. Fewer in time is logged and counted in
+`bot:stats` (`replica_wait_short`), never a failed job: the write is on the primary already.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +28,37 @@ from bot.jobs.record import JobRecord
 from bot.store import scripts
 from bot.store.keys import Keys
 from bot.store.metrics_hash import duration_sum_field, outcome_fields
+
+logger = logging.getLogger(__name__)
+
+#: The `bot:stats` field counting job ends fewer replicas acknowledged than asked for in time.
+REPLICA_WAIT_SHORT = "replica_wait_short"
+
+
+@dataclass(frozen=True)
+class ReplicaWait:
+    """How many replicas must acknowledge the end of a job (0: no WAIT) and for how long."""
+
+    min_replicas: int = 0
+    timeout_ms: int = 500
+
+    def after_end(self, client: redis.Redis, stats_key: str, job_id: str) -> int | None:
+        """WAIT for the replicas; the number that acknowledged (None when not asked)."""
+        if self.min_replicas <= 0:
+            return None
+        acked = int(client.wait(self.min_replicas, self.timeout_ms))
+        if acked < self.min_replicas:
+            logger.warning(
+                "job %s ended but only %d of %d replica(s) acknowledged it within %d ms",
+                job_id,
+                acked,
+                self.min_replicas,
+                self.timeout_ms,
+                extra={"job_id": job_id},
+            )
+            client.hincrby(stats_key, REPLICA_WAIT_SHORT, 1)
+        return acked
+
 
 #: How many times acquire re-reads the owner when it moved between read and script.
 _ACQUIRE_READ_ATTEMPTS = 5
@@ -98,9 +135,12 @@ class Skipped:
 class JobStore:
     """Reads and guards job records for one key prefix."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, replica_wait: ReplicaWait | None = None
+    ) -> None:
         self.client = client
         self.keys = keys
+        self.replica_wait = replica_wait or ReplicaWait()
         self._acquire = scripts.register(client, "acquire")
         self._complete = scripts.register(client, "complete")
         self._claim = scripts.register(client, "claim_id")
@@ -228,7 +268,10 @@ class JobStore:
                 *outcome_fields(outcome.op, outcome.state, outcome.duration_s),
             ],
         )
-        return reply[1] if int(reply[0]) == 1 else None
+        entry_id = reply[1] if int(reply[0]) == 1 else None
+        if entry_id:
+            self.replica_wait.after_end(self.client, self.keys.stats, job_id)
+        return entry_id
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         self.client.hset(

@@ -27,6 +27,8 @@ class RedisServer:
         self.port = port or free_port()
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
+        #: More redis-server arguments (e.g. `--replicaof host port`).
+        self.extra_args: list[str] = []
         data_dir.mkdir(parents=True, exist_ok=True)
 
     def url(self, db: int = 0) -> str:
@@ -54,6 +56,7 @@ class RedisServer:
             "noeviction",
             "--logfile",
             str(self.data_dir / "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
