@@ -71,15 +71,20 @@ def test_primary_killed_mid_run_every_job_ends_with_one_report(
     state_dir: Path,
     workers: Callable[..., WorkerProcess],
 ) -> None:
-    # Given two workers and a client on the sentinels, and 500 quick jobs submitted
-    env = sentinel_env(sentinel_set, state_dir)
-    for worker in [workers(name, extra_env=env, wait=False) for name in ("w1", "w2")]:
-        worker.wait_ready()
+    # Given 500 quick jobs submitted through a client on the sentinels, then two workers
     app = sentinel_app(sentinel_set, state_dir)
     client = Client(app)
     job_ids = [client.submit("sum", {"a": i, "b": 1}).job_id for i in range(JOBS)]
+    env = sentinel_env(sentinel_set, state_dir)
+    for worker in [workers(name, extra_env=env, wait=False) for name in ("w1", "w2")]:
+        worker.wait_ready()
     primary = sentinel_set.primary.client()
-    wait_for(lambda: primary.xlen("bot:outbox") >= KILL_AFTER_REPORTS, 60, "reports flowing")
+    wait_for(
+        lambda: primary.xlen("bot:outbox") >= KILL_AFTER_REPORTS,
+        60,
+        "reports flowing",
+        interval_s=0.005,
+    )
 
     # When the primary is killed mid-run (kill -9)
     before_kill = report_ids(primary)
