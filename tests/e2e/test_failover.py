@@ -16,6 +16,7 @@ import redis
 from bot.application import BotApp, create_app
 from bot.client import Client
 from bot.jobs.reports import FINAL_STATES
+from bot.jobs.store import REPLICA_WAIT_SHORT
 from config.settings import Settings
 from tests.support.processes import FAST_FLEET, WorkerProcess, bot_env, wait_for
 from tests.support.sentinel import MASTER_NAME, SentinelSet, running_sentinel_set
@@ -28,6 +29,9 @@ KILL_AFTER_REPORTS = 100
 #: A write the old primary acknowledged this long before its death is on the replica
 #: (replication lag on loopback is well under it).
 REPLICATION_LAG_BOUND_S = 1.0
+#: BOT_REDIS_WAIT_TIMEOUT here: after the failover the promoted replica has no replica of its
+#: own, so with BOT_REDIS_MIN_REPLICAS=1 every job end waits this long (and is counted short).
+WAIT_TIMEOUT_S = 0.05
 
 
 @pytest.fixture
@@ -36,8 +40,14 @@ def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
         yield cluster
 
 
-def sentinel_env(cluster: SentinelSet, state_dir: Path) -> dict[str, str]:
-    extra = {**FAST_FLEET, "BOT_REDIS_SENTINEL_MASTER": MASTER_NAME, "BOT_REAPER_INTERVAL": "1"}
+def sentinel_env(cluster: SentinelSet, state_dir: Path, min_replicas: int) -> dict[str, str]:
+    extra = {
+        **FAST_FLEET,
+        "BOT_REDIS_SENTINEL_MASTER": MASTER_NAME,
+        "BOT_REAPER_INTERVAL": "1",
+        "BOT_REDIS_MIN_REPLICAS": str(min_replicas),
+        "BOT_REDIS_WAIT_TIMEOUT": str(WAIT_TIMEOUT_S),
+    }
     return bot_env(cluster.url(), state_dir, extra)
 
 
@@ -66,16 +76,18 @@ def all_ended(client: redis.Redis, job_ids: list[str]) -> bool:
         return False
 
 
+@pytest.mark.parametrize("min_replicas", [0, 1])
 def test_primary_killed_mid_run_every_job_ends_with_one_report(
     sentinel_set: SentinelSet,
     state_dir: Path,
     workers: Callable[..., WorkerProcess],
+    min_replicas: int,
 ) -> None:
     # Given 500 quick jobs submitted through a client on the sentinels, then two workers
     app = sentinel_app(sentinel_set, state_dir)
     client = Client(app)
     job_ids = [client.submit("sum", {"a": i, "b": 1}).job_id for i in range(JOBS)]
-    env = sentinel_env(sentinel_set, state_dir)
+    env = sentinel_env(sentinel_set, state_dir, min_replicas)
     for worker in [workers(name, extra_env=env, wait=False) for name in ("w1", "w2")]:
         worker.wait_ready()
     primary = sentinel_set.primary.client()
@@ -88,6 +100,7 @@ def test_primary_killed_mid_run_every_job_ends_with_one_report(
 
     # When the primary is killed mid-run (kill -9)
     before_kill = report_ids(primary)
+    primary_short_before_kill = int(primary.hget("bot:stats", REPLICA_WAIT_SHORT) or 0)
     killed_at = time.monotonic()
     killed_at_ms = int(time.time() * 1000)
     sentinel_set.primary.stop(kill=True)
@@ -118,6 +131,13 @@ def test_primary_killed_mid_run_every_job_ends_with_one_report(
     assert not doubled, f"jobs reported twice (docs/failover.md, 'outbox entries'): {doubled}"
     assert set(counts) == set(job_ids)
     assert all(entry_ms(e) >= late for e in rewritten.values()), (rewritten, killed_at_ms)
+    short = int(new_primary.hget("bot:stats", REPLICA_WAIT_SHORT) or 0)
+    print(f"min_replicas={min_replicas}: job ends without a replica's acknowledgement: {short}")
+    if min_replicas:
+        # The replica acknowledged every end before the kill (none counted short then); the
+        # promoted replica has no replica, so ends after the failover are counted short.
+        assert primary_short_before_kill == 0
+        assert short > 0
     app.close()
 
 
