@@ -50,7 +50,7 @@ def client() -> redis.Redis:
 
 @pytest.fixture
 def agent(tmp_path: Path, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> FleetAgent:
-    monkeypatch.setattr(fleet_agent, "_ping_url", lambda url: None)
+    monkeypatch.setattr(fleet_agent, "_ping_url", lambda url, sentinel_master: None)
     settings = Settings(
         redis_url="redis://127.0.0.1:1/0",
         state_dir=tmp_path,
