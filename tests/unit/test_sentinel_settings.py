@@ -123,3 +123,19 @@ def test_sentinel_scheme_resolves_to_bots_transport() -> None:
     mro = SentinelChannel.__mro__
     assert mro.index(BotChannel) < mro.index(kombu.transport.redis.SentinelChannel)
     assert "master_name" in SentinelChannel.from_transport_options
+
+
+def test_flowers_broker_page_asks_the_first_sentinel_for_the_master() -> None:
+    """Observed (Flower 2.x, kombu 5.7): Flower builds its queue-length client from the
+    connection's `as_uri()`, which is the first address only, and the master's name from the
+    broker transport options: it follows the master, through one sentinel."""
+    from flower.utils.broker import Broker, RedisSentinel
+    from kombu import Connection
+
+    settings = sentinel_settings()
+    with Connection(SENTINELS) as conn:
+        first = conn.as_uri(include_password=True)
+    assert first == "sentinel://:s3cret@10.0.0.1:26379/2"
+    broker = Broker(first, broker_options=broker_transport_options(settings))
+    assert isinstance(broker, RedisSentinel)
+    assert broker.master_name == "mymaster"
