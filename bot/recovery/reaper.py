@@ -165,23 +165,34 @@ class Reaper:
         return [instance for instance, live in zip(instances, alive, strict=True) if not live]
 
     def _reap_dead_instances(self) -> None:
-        for instance in self._dead_instances():
-            job_ids: set[str] = self.client.smembers(self.keys.inflight(instance))  # type: ignore[assignment]
+        """Hand back the jobs of every dead instance, then forget those left with none. The
+        in-flight sets are read in one pipeline and the instances forgotten in another, so a
+        pass costs the same few round trips however many instances died (plus two per job)."""
+        dead = self._dead_instances()
+        if not dead:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for instance in dead:
+            pipe.smembers(self.keys.inflight(instance))
+        for instance, job_ids in zip(dead, pipe.execute(), strict=True):
             for job_id in sorted(job_ids):
-                requeued = reap_job(self.client, self.keys, job_id, instance, REAPER_COUNTER)
-                if requeued is not None:
-                    self.counters.recovered += 1
-                    logger.warning(
-                        "job %s: owner %s is gone; recovery %d",
-                        job_id,
-                        instance,
-                        requeued.recoveries,
-                    )
-                    self.put_back(requeued)
-            if self._forget(instance):
-                self.counters.instances_reaped += 1
-                self.client.hincrby(self.keys.stats, "reaper_instances", 1)
-                logger.warning("reaper: instance %s is dead; forgotten", instance)
+                self._reap_job(job_id, instance)
+        forgotten = [i for i, done in zip(dead, self._forget_all(dead), strict=True) if done]
+        for instance in forgotten:
+            logger.warning("reaper: instance %s is dead; forgotten", instance)
+        if forgotten:
+            self.counters.instances_reaped += len(forgotten)
+            self.client.hincrby(self.keys.stats, "reaper_instances", len(forgotten))
+
+    def _reap_job(self, job_id: str, instance: str) -> None:
+        requeued = reap_job(self.client, self.keys, job_id, instance, REAPER_COUNTER)
+        if requeued is None:
+            return
+        self.counters.recovered += 1
+        logger.warning(
+            "job %s: owner %s is gone; recovery %d", job_id, instance, requeued.recoveries
+        )
+        self.put_back(requeued)
 
     def put_back(self, requeued: Requeued) -> None:
         """The job's very message back at the head of its queue, or published again. The job
@@ -211,10 +222,13 @@ class Reaper:
             self._count("unrecoverable", "reaper_unrecoverable")
             logger.error("job %s: no message to publish again; it stays queued", requeued.job_id)
 
-    def _forget(self, instance: str) -> bool:
-        keys = self.keys
-        return bool(
-            scripts.register(self.client, "forget_instance")(
+    def _forget_all(self, instances: list[str]) -> list[bool]:
+        """`forget_instance.lua` for each instance, in one pipeline: whether each was
+        forgotten (its lease did not come back and no job is left in its in-flight set)."""
+        keys, forget = self.keys, scripts.register(self.client, "forget_instance")
+        pipe = self.client.pipeline(transaction=False)
+        for instance in instances:
+            forget(
                 keys=[
                     keys.workers,
                     keys.worker(instance),
@@ -222,8 +236,9 @@ class Reaper:
                     keys.lease(instance),
                 ],
                 args=[instance],
+                client=pipe,
             )
-        )
+        return [bool(reply) for reply in pipe.execute()]
 
     def _sweep_orphans(self) -> None:
         if self.orphan_age_s is None:
