@@ -8,7 +8,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: fleet test lint unit bench profile mutate
+.PHONY: fleet test lint unit bench bench-scale profile mutate
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/memory_bench.py --runs 1
 	$(BIN)/python bench/outbox_bench.py
 	$(BIN)/python bench/recovery_bench.py --trials 2 --cap 15
+
+# 20 real `-c 1` workers + 200 simulated members on one Redis: Redis CPU per heartbeat and per
+# job, reaper pass time, `bot fleet` latency (a few minutes); the table goes into docs/scaling.md.
+bench-scale: $(INSTALLED)
+	$(BIN)/python bench/scale_bench.py --write
 
 profile: $(INSTALLED)
 	$(BIN)/python bench/fleet_bench.py --profile

@@ -4,8 +4,9 @@ A run advances through its stage jobs' hooks (bot/flows/stage_hooks.py), and a s
 worker died is delivered again and replays its outcome (bot/jobs/run.py), so a run normally
 never needs this. It is the backstop for what no message will ever report: a stage job's
 message that was lost (a purged queue, a Redis that lost writes), or a hook that did not run
-and will not run again. Every BOT_REAPER_INTERVAL one worker at a time (lock
-`bot:pipelines:audit:lock`) looks at each running run (`bot:pipelines:running`):
+and will not run again. Every BOT_REAPER_INTERVAL one worker (the holder of the lock
+`bot:pipelines:audit:lock`, kept for an interval: one pass per interval fleet-wide) looks at
+each running run (`bot:pipelines:running`):
 
 1. a job of a stage the run has reached that has ended, while the run's record does not show
    it, is recorded; if it ended without success and its stage's policy is "stop", the run
@@ -60,6 +61,8 @@ class RunAudit:
         self.app = app
         self.batch = batch
         self.counters = AuditCounters()
+        #: This audit's token for the fleet-wide lock (kept from pass to pass).
+        self._token = uuid.uuid4().hex
 
     def snapshot(self) -> dict[str, Any]:
         return asdict(self.counters)
@@ -68,16 +71,17 @@ class RunAudit:
         """One pass; True when this worker held the lock and audited."""
         client, keys = self.app.redis(), self.app.keys
         lock_ms = int(max(1.0, self.app.settings.reaper_interval) * 1000)
-        token = uuid.uuid4().hex
         try:
-            if not client.set(keys.pipelines_audit_lock, token, nx=True, px=lock_ms):
+            # Held for one interval, not released: one pass per interval fleet-wide (as the
+            # reaper's lock, bot/store/lua/hold_lock.lua), not one per worker.
+            held = scripts.register(client, "hold_lock")(
+                keys=[keys.pipelines_audit_lock], args=[self._token, lock_ms]
+            )
+            if not held:
                 return False
-            try:
-                self.counters.passes += 1
-                for run_id in run_store(self.app).running(self.batch):
-                    self.audit(run_id)
-            finally:
-                scripts.register(client, "unlock")(keys=[keys.pipelines_audit_lock], args=[token])
+            self.counters.passes += 1
+            for run_id in run_store(self.app).running(self.batch):
+                self.audit(run_id)
         except UNREACHABLE as exc:
             self.counters.errors += 1
             logger.warning("pipeline audit: Redis unreachable (%s)", exc)

@@ -164,10 +164,15 @@ class Outbox:
         return self._with_deliveries(stream, group, claimed)
 
     def _with_deliveries(self, stream: str, group: str, entries: list[Entry]) -> list[Entry]:
-        out = []
+        """The claimed entries with their delivery counts (one pipeline of XPENDING)."""
+        if not entries:
+            return []
+        pipe = self.client.pipeline(transaction=False)
         for entry in entries:
-            rows = self.pending_of(stream, group, entry.id)
-            deliveries = rows.deliveries if rows else 1
+            pipe.xpending_range(stream, group, entry.id, entry.id, 1)
+        out = []
+        for entry, rows in zip(entries, pipe.execute(), strict=True):
+            deliveries = _pending_info(rows[0]).deliveries if rows else 1
             out.append(Entry(stream, entry.id, entry.job_id, entry.report, deliveries))
         return out
 
@@ -181,12 +186,17 @@ class Outbox:
     def prune_consumers(self, stream: str, group: str, keep: str, min_idle_ms: int) -> int:
         """Delete consumers with nothing pending, idle longer than `min_idle_ms` (relays that
         died after their entries were claimed); each start of a relay is a new consumer."""
-        pruned = 0
-        for info in self.client.xinfo_consumers(stream, group):
-            if info["name"] != keep and info["pending"] == 0 and info["idle"] > min_idle_ms:
-                self.client.xgroup_delconsumer(stream, group, info["name"])
-                pruned += 1
-        return pruned
+        idle = [
+            info["name"]
+            for info in self.client.xinfo_consumers(stream, group)
+            if info["name"] != keep and info["pending"] == 0 and info["idle"] > min_idle_ms
+        ]
+        if idle:
+            pipe = self.client.pipeline(transaction=False)
+            for name in idle:
+                pipe.xgroup_delconsumer(stream, group, name)
+            pipe.execute()
+        return len(idle)
 
     # -- dead letters ---------------------------------------------------------------------------
 

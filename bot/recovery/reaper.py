@@ -1,7 +1,11 @@
 """The reaper: hands the in-flight jobs of dead instances back to the queue.
 
-Runs on a timer in every worker; one pass at a time fleet-wide through a short Redis lock
-(`bot:reaper:lock`, SET NX PX). A pass:
+Runs on a timer in every worker; one pass per interval fleet-wide through a Redis lock
+(`bot:reaper:lock`, `hold_lock.lua`) that its holder keeps for one interval and takes again
+at its next pass, never releases: releasing it after each pass let every worker make a pass
+of its own each interval, so the fleet judged every member once per worker (W² lease reads
+per interval; about 4,000 lease reads a second with 20 workers and 220 members at a 1 s
+interval, docs/scaling.md). A pass:
 1. for each instance in `bot:workers` whose lease `bot:lease:{id}` is gone, for each job id in
    its in-flight set whose record still names it and is `running`: `reap.lua` sets the job
    `queued`, `recoveries` + 1 (fenced on owner and fence), then its very message is put back
@@ -83,6 +87,8 @@ class Reaper:
         self._connected_since: float | None = None
         self._last_pass: float | None = None
         self._run_id: str | None = None
+        #: This reaper's token for the fleet-wide lock (kept from pass to pass).
+        self._token = uuid.uuid4().hex
         #: Jobs handed back whose message could not be put back yet (oldest first).
         self._owed: list[Requeued] = []
 
@@ -97,7 +103,8 @@ class Reaper:
             BrokerRequeue(app),
             lease_ttl_s=settings.lease_ttl_s,
             interval_s=settings.reaper_interval,
-            # Short: a reaper killed while holding it delays the others by one interval at most.
+            # One interval: the holder passes again as it ends; a holder that died delays the
+            # others by one interval at most (and, shorter than its lease, not its own jobs).
             lock_ttl_s=max(1.0, settings.reaper_interval),
             orphan_age_s=2 * settings.lease_ttl_s if orphan_sweep else None,
         )
@@ -111,17 +118,11 @@ class Reaper:
             self.put_back_owed()
             if not self._settled():
                 return False
-            token = uuid.uuid4().hex
-            if not self.client.set(
-                self.keys.reaper_lock, token, nx=True, px=int(self.lock_ttl_s * 1000)
-            ):
+            if not self._hold_lock():
                 return False
-            try:
-                self.counters.passes += 1
-                self._reap_dead_instances()
-                self._sweep_orphans()
-            finally:
-                scripts.register(self.client, "unlock")(keys=[self.keys.reaper_lock], args=[token])
+            self.counters.passes += 1
+            self._reap_dead_instances()
+            self._sweep_orphans()
             return True
         except UNREACHABLE as exc:
             self.counters.errors += 1
@@ -129,6 +130,14 @@ class Reaper:
             self.requeue.reset()
             logger.warning("reaper: Redis unreachable (%s); will wait a lease TTL after", exc)
             return False
+
+    def _hold_lock(self) -> bool:
+        """Take or keep `bot:reaper:lock` for one lock TTL (`hold_lock.lua`); not released
+        after the pass, so the fleet makes one pass per interval, not one per worker."""
+        reply = scripts.register(self.client, "hold_lock")(
+            keys=[self.keys.reaper_lock], args=[self._token, int(self.lock_ttl_s * 1000)]
+        )
+        return bool(reply)
 
     def _settled(self) -> bool:
         """Whether this reaper has been connected for a lease TTL (see the module docstring)."""
@@ -165,23 +174,34 @@ class Reaper:
         return [instance for instance, live in zip(instances, alive, strict=True) if not live]
 
     def _reap_dead_instances(self) -> None:
-        for instance in self._dead_instances():
-            job_ids: set[str] = self.client.smembers(self.keys.inflight(instance))  # type: ignore[assignment]
+        """Hand back the jobs of every dead instance, then forget those left with none. The
+        in-flight sets are read in one pipeline and the instances forgotten in another, so a
+        pass costs the same few round trips however many instances died (plus two per job)."""
+        dead = self._dead_instances()
+        if not dead:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for instance in dead:
+            pipe.smembers(self.keys.inflight(instance))
+        for instance, job_ids in zip(dead, pipe.execute(), strict=True):
             for job_id in sorted(job_ids):
-                requeued = reap_job(self.client, self.keys, job_id, instance, REAPER_COUNTER)
-                if requeued is not None:
-                    self.counters.recovered += 1
-                    logger.warning(
-                        "job %s: owner %s is gone; recovery %d",
-                        job_id,
-                        instance,
-                        requeued.recoveries,
-                    )
-                    self.put_back(requeued)
-            if self._forget(instance):
-                self.counters.instances_reaped += 1
-                self.client.hincrby(self.keys.stats, "reaper_instances", 1)
-                logger.warning("reaper: instance %s is dead; forgotten", instance)
+                self._reap_job(job_id, instance)
+        forgotten = [i for i, done in zip(dead, self._forget_all(dead), strict=True) if done]
+        for instance in forgotten:
+            logger.warning("reaper: instance %s is dead; forgotten", instance)
+        if forgotten:
+            self.counters.instances_reaped += len(forgotten)
+            self.client.hincrby(self.keys.stats, "reaper_instances", len(forgotten))
+
+    def _reap_job(self, job_id: str, instance: str) -> None:
+        requeued = reap_job(self.client, self.keys, job_id, instance, REAPER_COUNTER)
+        if requeued is None:
+            return
+        self.counters.recovered += 1
+        logger.warning(
+            "job %s: owner %s is gone; recovery %d", job_id, instance, requeued.recoveries
+        )
+        self.put_back(requeued)
 
     def put_back(self, requeued: Requeued) -> None:
         """The job's very message back at the head of its queue, or published again. The job
@@ -211,10 +231,13 @@ class Reaper:
             self._count("unrecoverable", "reaper_unrecoverable")
             logger.error("job %s: no message to publish again; it stays queued", requeued.job_id)
 
-    def _forget(self, instance: str) -> bool:
-        keys = self.keys
-        return bool(
-            scripts.register(self.client, "forget_instance")(
+    def _forget_all(self, instances: list[str]) -> list[bool]:
+        """`forget_instance.lua` for each instance, in one pipeline: whether each was
+        forgotten (its lease did not come back and no job is left in its in-flight set)."""
+        keys, forget = self.keys, scripts.register(self.client, "forget_instance")
+        pipe = self.client.pipeline(transaction=False)
+        for instance in instances:
+            forget(
                 keys=[
                     keys.workers,
                     keys.worker(instance),
@@ -222,8 +245,9 @@ class Reaper:
                     keys.lease(instance),
                 ],
                 args=[instance],
+                client=pipe,
             )
-        )
+        return [bool(reply) for reply in pipe.execute()]
 
     def _sweep_orphans(self) -> None:
         if self.orphan_age_s is None:
