@@ -36,7 +36,8 @@ test: lint
 mutate: $(INSTALLED)
 	$(BIN)/python -m tests.mutation_probe
 
-# Every benchmark, quick settings (about 9 minutes here); the fleet table goes into
+# Every benchmark, quick settings (about 9 minutes here; replica_wait_bench: the price of
+# BOT_REDIS_MIN_REPLICAS, docs/failover.md); the fleet table goes into
 # docs/benchmarks.md. `make profile`: where a bot job's time goes (py-spy, docs/profiles/).
 bench: $(INSTALLED)
 	$(BIN)/python bench/fleet_bench.py --write
@@ -44,6 +45,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/memory_bench.py --runs 1
 	$(BIN)/python bench/outbox_bench.py
 	$(BIN)/python bench/recovery_bench.py --trials 2 --cap 15
+	$(BIN)/python bench/replica_wait_bench.py --jobs 2000
 
 # 20 real `-c 1` workers + 200 simulated members on one Redis: Redis CPU per heartbeat and per
 # job, reaper pass time, `bot fleet` latency (a few minutes); the table goes into docs/scaling.md.

@@ -128,6 +128,37 @@ class QoS(kombu_redis.QoS):
             )
             raise
 
+    def ack(self, delivery_tag: Any) -> None:
+        if self._detached("ack", delivery_tag):
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._detached("reject", delivery_tag):
+            return
+        super().reject(delivery_tag, requeue=requeue)
+
+    def _detached(self, what: str, delivery_tag: Any) -> bool:
+        """Whether this channel lost its connection (closed after Redis went away). Seen in a
+        worker (Celery 5.7 / kombu 5.7, tests/e2e/test_outbox_e2e.py): a pool child handed a
+        job back (`Reject(requeue=True)`, Redis unreachable) and the reject reached the main
+        process after the consumer had reconnected on a new channel; kombu's reject on the old
+        one reached for its missing connection, an AttributeError Celery treats as
+        unrecoverable, and the worker shut down. Skipped, the message stays in Redis's unacked
+        hash, where the reaper's orphan sweep and kombu's visibility sweep put it back (a job
+        that had ended is then a duplicate, acked without running)."""
+        connection = self.channel.connection
+        if connection is not None and connection.client is not None:
+            return False
+        self._delivered.pop(delivery_tag, None)
+        logger.warning(
+            "%s of message %s skipped: its channel's connection is gone; the message stays "
+            "in Redis's unacked hash for the sweeps",
+            what,
+            delivery_tag,
+        )
+        return True
+
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         """kombu's restore of this channel's unacked messages at close, except on a channel
         whose transport was already detached from its connection. Seen in a worker when Redis

@@ -198,6 +198,40 @@ def test_bot_transport_leaves_the_messages_to_the_sweeps_instead(
     assert private_redis.client().hlen("unacked") == 1
 
 
+def settle_on_a_closed_channel(redis_url: str, transport: str | None, how: str) -> None:
+    """A worker's state seen in CI (Celery 5.7 / kombu 5.7): a pool child handed its job back
+    (`Reject(requeue=True)`, Redis unreachable) and the reject reached the main process after
+    the consumer had reconnected: the message's channel was closed, and closing a channel
+    unhooks it from its connection (`close_channel` sets `channel.connection = None`)."""
+    publish(redis_url, transport, [{"n": 1}])
+    conn = Connection(redis_url, transport=transport)
+    held: list[Any] = []
+    consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: held.append(message)])
+    consumer.consume()
+    conn.drain_events(timeout=5)  # delivered, not acked
+    held[0].channel._disconnect_pools()  # what the Redis channel's close() does first
+    held[0].channel.connection = None  # what Transport.close_channel() does last
+    if how == "reject":
+        held[0].reject(requeue=True)
+    else:
+        held[0].ack()
+
+
+@pytest.mark.parametrize("how", ["reject", "ack"])
+def test_kombu_crashes_settling_a_message_of_a_closed_channel(redis_url: str, how: str) -> None:
+    with pytest.raises(AttributeError, match="client"):
+        settle_on_a_closed_channel(redis_url, KOMBU, how)
+
+
+@pytest.mark.parametrize("how", ["reject", "ack"])
+def test_bot_transport_leaves_such_a_message_to_the_sweeps(
+    redis_url: str, client: redis.Redis, how: str
+) -> None:
+    settle_on_a_closed_channel(redis_url, TRANSPORT, how)
+
+    assert client.hlen("unacked") == 1  # the reaper's orphan sweep and kombu's sweep restore it
+
+
 @pytest.mark.parametrize("item", [b"not json", b"[1, 2]", b"[" * 100_000], ids=str)
 def test_kombu_stops_on_a_queue_item_that_is_not_one_of_its_messages(
     redis_url: str, item: bytes
