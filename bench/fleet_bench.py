@@ -448,10 +448,11 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, seconds
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text()
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+def write_doc(text: str, path: Path = DOC, begin: str = BEGIN, end_mark: str = END) -> None:
+    """Put `text` between the markers `begin` and `end_mark` of the doc at `path`."""
+    doc = path.read_text()
+    start, end = doc.index(begin) + len(begin), doc.index(end_mark)
+    path.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
 
 
 @contextmanager

@@ -27,7 +27,6 @@ import math
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from bench.bench_ops import COUNTER_KEY
+from bench.fleet_bench import private_redis, write_doc
 from tests.support.processes import BOT, REPO_ROOT, WorkerProcess, bot_env
 from tests.support.redis_server import RedisServer
 from tests.support.simulation_process import SimulationProcess
@@ -275,23 +275,6 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text()
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
-
-
-@contextmanager
-def private_redis() -> Iterator[tuple[RedisServer, Path]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp) / "redis", appendonly=False)
-        server.start()
-        try:
-            yield server, Path(tmp)
-        finally:
-            server.stop()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=20)
@@ -313,7 +296,7 @@ def main() -> None:
     text = report(args, figures)
     print("\n" + text)
     if args.write:
-        write_doc(text)
+        write_doc(text, DOC, BEGIN, END)
 
 
 if __name__ == "__main__":
