@@ -30,6 +30,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": REDIS_HEALTH_CHECK_INTERVAL_S,
         "retry_on_timeout": True,
+        # bot's own option, read by bot/broker/inbox.py (kombu ignores options it does not know)
+        "bot_key_prefix": settings.key_prefix,
         **sentinel_options(settings, settings.redis_url),
     }
     options.update(settings.broker_transport_options)

@@ -6,17 +6,19 @@ message off its queue with BRPOP, then records it as unacked (ZADD `unacked_inde
 failover, a network cut), that write raises, the message is in no queue and no unacked hash,
 and kombu forgets it: Celery never sees it and nothing will ever deliver it again.
 
-Here `QoS.append` keeps such a message in this process's memory ("stranded") and re-raises,
-so Celery reconnects exactly as before; every channel this process opens afterwards first
-puts the stranded messages back at the head of their queue, with kombu's own restore (RPUSH,
-the end BRPOP takes next; `redelivered` set). Should the unacked write have reached Redis
-after all, the message now exists twice: harmless, a job's acquire is fenced and the second
-delivery is acked without running (bot/store/lua/acquire.lua).
+In a fleet worker the window is closed in Redis itself: the channel moves each message into
+the worker's inbox list in the step that takes it, and `QoS.append` records it as unacked and
+removes it from the inbox in one MULTI (bot/broker/inbox.py, which also covers a BRPOP reply
+that a stopping Redis never sends, and a worker killed between the two steps).
 
-Not covered: the process dying inside that same window (kill -9 between the two round trips),
-or exiting while Redis stays unreachable (the stranded messages are logged at exit). Closing
-that for good needs a blocking pop that records in the same step, which Redis offers for one
-source list (BLMOVE) but not for the several priority lists kombu reads at once.
+Elsewhere (a channel with no fleet instance id: kombu's BRPOP), `QoS.append` keeps such a
+message in this process's memory ("stranded") and re-raises, so Celery reconnects exactly as
+before; every channel this process opens afterwards first puts the stranded messages back at
+the head of their queue, with kombu's own restore (RPUSH, the end BRPOP takes next;
+`redelivered` set). Should the unacked write have reached Redis after all, the message now
+exists twice: harmless, a job's acquire is fenced and the second delivery is acked without
+running (bot/store/lua/acquire.lua). That path does not cover the process dying inside the
+window, or exiting while Redis stays unreachable (the stranded messages are logged at exit).
 
 A cost, not a fault: kombu builds a new `redis.Redis` for every publish, ack and restore
 (copying its ~200 response callbacks each time: a sixth of a producer's CPU per job in
@@ -46,13 +48,18 @@ import atexit
 import copy
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import kombu.transport
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
 from redis._parsers import _RESP2Parser
+
+from bot.broker.inbox import UNREADABLE_ITEM_ERRORS, InboxReads, Taken
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +122,10 @@ class QoS(kombu_redis.QoS):
     """kombu's QoS; a message whose unacked write fails is stranded instead of forgotten."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
+        taken = getattr(self.channel, "inbox_taken", None)
+        if taken is not None:
+            self._record_taken(message, delivery_tag, taken)
+            return
         try:
             super().append(message, delivery_tag)
         except self.channel.connection_errors:
@@ -127,6 +138,20 @@ class QoS(kombu_redis.QoS):
                 info["routing_key"],
             )
             raise
+
+    def _record_taken(self, message: Any, delivery_tag: Any, taken: Taken) -> None:
+        """kombu's unacked write (ZADD `unacked_index` + HSET `unacked`) and the removal of the
+        message from the inbox it was taken into, in one MULTI (bot/broker/inbox.py). Should it
+        fail, the message stays in the inbox, returned before this worker consumes again."""
+        info = message.delivery_info
+        entry = dumps([message._raw, info["exchange"], info["routing_key"]])
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, entry)
+            # LREM is no command kombu's prefixing client rewrites: `taken.inbox` is the full name
+            pipe.execute_command("LREM", taken.inbox, 1, taken.raw)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
         if self._detached("ack", delivery_tag):
@@ -165,9 +190,11 @@ class QoS(kombu_redis.QoS):
         went away (Celery 5.7 / kombu 5.7): the consumer's `collect()` detaches the transport,
         an earlier close of the channel stopped at a Redis error, and the final close then
         restores through the missing connection: an AttributeError that Celery treats as
-        unrecoverable, shutting the worker down. Skipped, the messages stay in Redis's unacked
-        hash, where the reaper's orphan sweep and kombu's visibility sweep put them back."""
-        if self.channel.connection is not None and self.channel.connection.client is None:
+        unrecoverable, shutting the worker down. The same at process exit on a channel closed
+        before (its connection None; kombu's exit finalizer). Skipped, the messages stay in
+        Redis's unacked hash, where the reaper's orphan sweep and kombu's visibility sweep put
+        them back."""
+        if self.channel.connection is None or self.channel.connection.client is None:
             if self._delivered:
                 logger.warning(
                     "%d unacked message(s) left in Redis for the sweeps (connection gone)",
@@ -180,8 +207,9 @@ class QoS(kombu_redis.QoS):
         return super().restore_unacked_once(stderr)
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel; a new one first puts this process's stranded messages back."""
+class Channel(InboxReads):
+    """kombu's Redis channel reading through inboxes in a fleet worker (bot/broker/inbox.py);
+    a new one first puts this process's stranded messages back."""
 
     QoS = QoS
 
@@ -239,10 +267,6 @@ class Channel(kombu_redis.Channel):
                 exc,
             )
             return True
-
-
-#: What kombu raises reading a queue item that is not one of its messages.
-UNREADABLE_ITEM_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
 
 
 class Transport(kombu_redis.Transport):

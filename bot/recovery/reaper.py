@@ -10,7 +10,9 @@ interval, docs/scaling.md). A pass:
    its in-flight set whose record still names it and is `running`: `reap.lua` sets the job
    `queued`, `recoveries` + 1 (fenced on owner and fence), then its very message is put back
    at the head of its queue (kombu `restore_by_tag`), or, where the unacked entry is gone,
-   published again from the record. Then the instance is forgotten (`forget_instance.lua`);
+   published again from the record. What its inboxes hold (messages it had taken off a queue
+   and not yet recorded as unacked, bot/broker/inbox.py) goes back onto their lists. Then
+   the instance is forgotten (`forget_instance.lua`);
 2. optionally (`orphan_age_s`), every unacked message nobody renewed for that long goes back
    too: live workers refresh the `unacked_index` score of every message they hold on each
    heartbeat, so an old score means its holder is dead. This catches what no in-flight set
@@ -56,6 +58,7 @@ class ReaperCounters:
     restored: int = 0
     republished: int = 0
     orphans_restored: int = 0
+    inbox_returned: int = 0
     unrecoverable: int = 0
     errors: int = 0
 
@@ -186,12 +189,21 @@ class Reaper:
         for instance, job_ids in zip(dead, pipe.execute(), strict=True):
             for job_id in sorted(job_ids):
                 self._reap_job(job_id, instance)
+            self._return_inboxes(instance)
         forgotten = [i for i, done in zip(dead, self._forget_all(dead), strict=True) if done]
         for instance in forgotten:
             logger.warning("reaper: instance %s is dead; forgotten", instance)
         if forgotten:
             self.counters.instances_reaped += len(forgotten)
             self.client.hincrby(self.keys.stats, "reaper_instances", len(forgotten))
+
+    def _return_inboxes(self, instance: str) -> None:
+        """Messages the dead instance had taken and not yet recorded (bot/broker/inbox.py)."""
+        moved = self.requeue.return_inboxes(instance)
+        if moved:
+            self.counters.inbox_returned += moved
+            self.client.hincrby(self.keys.stats, "reaper_inbox_returned", moved)
+            logger.warning("reaper: %d message(s) in %s's inbox put back", moved, instance)
 
     def _reap_job(self, job_id: str, instance: str) -> None:
         requeued = reap_job(self.client, self.keys, job_id, instance, REAPER_COUNTER)

@@ -22,6 +22,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from bot.jobs.ports import AppPort
+from bot.store.inbox import inbox_key, prefixed, registry_key, return_inboxes
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -40,6 +41,9 @@ class Requeue(Protocol):
 
     def stale_tags(self, older_than_s: float) -> list[str]:
         """Tags in `unacked_index` whose score is older than `older_than_s` seconds."""
+
+    def return_inboxes(self, instance_id: str) -> int:
+        """Put back what the dead instance's inboxes hold (bot/store/inbox.py); how many."""
 
     def reset(self) -> None:
         """Drop the broker connection after an error; the next call reconnects."""
@@ -97,6 +101,26 @@ class BrokerRequeue:
         with channel.conn_or_acquire() as client:
             tags = client.zrange(channel.unacked_index_key, "-inf", ceiling, byscore=True)
         return [bytes_to_str(tag) for tag in tags]
+
+    def return_inboxes(self, instance_id: str) -> int:
+        """Messages the instance had taken off a queue and not yet recorded as unacked when it
+        died (or when a reply was lost): back onto the lists they came from, then its set of
+        inboxes goes. Through kombu's client (global_keyprefix on SMEMBERS and DEL)."""
+        channel = self._channel()
+        prefix = self.app.settings.key_prefix
+        registry = registry_key(prefix, instance_id)
+        with channel.conn_or_acquire() as client:
+            sources = sorted(bytes_to_str(s) for s in client.smembers(registry))
+            pairs = [
+                (
+                    prefixed(channel.global_keyprefix, inbox_key(prefix, instance_id, source)),
+                    prefixed(channel.global_keyprefix, source),
+                )
+                for source in sources
+            ]
+            moved = return_inboxes(client, pairs)
+            client.delete(registry)
+        return moved
 
     def reset(self) -> None:
         connection, self._connection = self._connection, None

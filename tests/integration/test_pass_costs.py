@@ -47,6 +47,9 @@ class NoBroker:
     def stale_tags(self, older_than_s: float) -> list[str]:
         return []
 
+    def return_inboxes(self, instance_id: str) -> int:
+        return 0
+
     def reset(self) -> None:
         pass
 

@@ -27,6 +27,8 @@ class FakeRequeue:
         self.stale: list[str] = []
         self.resets = 0
         self.down = False
+        self.inboxes_returned: list[str] = []
+        self.inbox_counts: dict[str, int] = {}
 
     def restore(self, tag: str) -> bool:
         if tag not in self.unacked:
@@ -42,6 +44,10 @@ class FakeRequeue:
 
     def stale_tags(self, older_than_s: float) -> list[str]:
         return list(self.stale)
+
+    def return_inboxes(self, instance_id: str) -> int:
+        self.inboxes_returned.append(instance_id)
+        return self.inbox_counts.get(instance_id, 0)
 
     def reset(self) -> None:
         self.resets += 1
@@ -165,6 +171,22 @@ def test_dead_instance_jobs_are_restored_by_tag_and_instance_forgotten(client, b
     assert stats["reaper_instances"] == "1"
     assert reaper.snapshot()["recovered"] == 1
     assert reaper.snapshot()["restored"] == 1
+
+
+def test_a_dead_instance_inboxes_are_returned_and_only_its_own(client, broker, clock):
+    # Given a dead instance (no job in flight) holding 2 taken messages, and a live one
+    register(client, "live", alive=True)
+    register(client, "dead", alive=False)
+    broker.inbox_counts = {"dead": 2, "live": 5}
+    reaper = make_reaper(client, broker, clock)
+    settle(reaper, clock)
+    # When a pass runs
+    assert reaper.run_once() is True
+    # Then the dead instance's inboxes went back, counted; the live one's were left alone
+    assert broker.inboxes_returned == ["dead"]
+    assert reaper.snapshot()["inbox_returned"] == 2
+    assert client.hget(KEYS.stats, "reaper_inbox_returned") == "2"
+    assert client.zrange(KEYS.workers, 0, -1) == ["live"]
 
 
 def test_job_whose_unacked_entry_is_gone_is_published_again(client, broker, clock):
