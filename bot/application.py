@@ -23,6 +23,7 @@ from bot.jobs.envelope import ENQUEUED_AT_HEADER
 from bot.jobs.intake import reject_unknown_op
 from bot.jobs.run import OpTask, run_op
 from bot.jobs.store import JobStore, ReplicaWait
+from bot.observe.backlog import stamp_sent_at
 from bot.ops import REGISTRY, OpSpec
 from bot.pipelines.discovery import discover_pipelines
 from bot.pipelines.registry import PIPELINES, PipelineSpec
@@ -143,11 +144,18 @@ def _connect_signals(settings: Settings) -> None:
 
     # dispatch_uid: an app built twice in one process (tests, embedders) connects each once.
     signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid="bot.setup_logging")
-    signals.before_task_publish.connect(stamp_enqueued_at, dispatch_uid="bot.stamp_enqueued_at")
+    signals.before_task_publish.connect(
+        stamp_publish_headers, dispatch_uid="bot.stamp_publish_headers"
+    )
     signals.task_unknown.connect(reject_unknown_op, dispatch_uid="bot.reject_unknown_op")
 
 
-def stamp_enqueued_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Stamp every published job with its enqueue time; the report carries it."""
-    if headers is not None and str(headers.get("task", "")).startswith("ops."):
+def stamp_publish_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Stamp every published task with its publish time (`bot_sent_at`: the queue backlog age
+    of /metrics, bot/observe/backlog.py), and a job with its enqueue time, which its report
+    carries (`bot_enqueued_at`: the first enqueue's, kept across retries)."""
+    if headers is None:
+        return
+    stamp_sent_at(headers)
+    if str(headers.get("task", "")).startswith("ops."):
         headers.setdefault(ENQUEUED_AT_HEADER, now_ms())

@@ -31,6 +31,7 @@ from bot.fleet.lifecycle import Lifecycle
 from bot.flows.run_audit import RunAudit
 from bot.flows.triggers import trigger_consumer
 from bot.outbox.relay import Relay
+from bot.outbox.stream import Outbox
 from bot.pipelines.triggers import TRIGGERS
 from bot.recovery.reaper import Reaper
 from bot.recovery.unheld_audit import UnheldAudit
@@ -166,9 +167,13 @@ class MetricsServer:
         # Lazy: prometheus_client is imported only by a worker that serves /metrics.
         from bot.observe.metrics import serve
 
-        settings = self.context.settings
+        app, settings = self.context.app, self.context.settings
         self._server = serve(
-            self.context.app, self.port, lambda: RUNTIME.instance_id, settings.metrics_addr
+            app,
+            self.port,
+            lambda: RUNTIME.instance_id,
+            settings.metrics_addr,
+            outbox_owed=lambda: Outbox(app.redis(), app.keys).owed_by_group(),
         )
 
     def stop(self) -> None:

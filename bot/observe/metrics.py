@@ -1,10 +1,14 @@
-"""Prometheus metrics of one worker, served on BOT_METRICS_PORT by the worker's main process.
+"""Prometheus metrics of one worker, served on BOT_METRICS_PORT by the worker's main process:
+the collector, the /metrics server, and the families of jobs, the worker, the fleet counters
+and pipeline runs (Redis memory, queue backlog and outbox owed: bot/observe/capacity.py).
 
 Job outcomes and durations happen in prefork pool children, which share no memory with the main
 process; so the complete script counts them in Redis (`bot:metrics:{instance_id}`, one HINCRBY
 per outcome in the same atomic step that ends the job) and this collector reads that hash, the
-worker record, the outbox and the fleet counters at scrape time. A scrape costs one pipelined
-round trip; nothing is kept in process memory that a restart or an autoscaled child could lose.
+worker record, the outbox, the fleet counters, Redis's INFO memory and the queues this worker
+consumes at scrape time. A scrape costs a few round trips (`WorkerCollector._read`), whatever
+the number of jobs; nothing is kept in process memory that a restart or an autoscaled child
+could lose. `bot_redis_up` is 0, and nothing else is served, when any of them fails.
 
 Op labels are bounded: only ops registered in this process (`bot.ops.REGISTRY`) become an `op`
 label or a hash field; any other name a sender chose counts as `op="unknown"`.
@@ -16,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -24,7 +29,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from bot.jobs.ports import AppPort
+from bot.observe.backlog import QueueBacklog, read_backlog
+from bot.observe.capacity import outbox_owed_metrics, queue_metrics, redis_memory_metrics
 from bot.store.metrics_hash import DURATION_BUCKETS_S, SEP, duration_sum_field
+from config.celery_config import broker_transport_options
 
 logger = logging.getLogger(__name__)
 
@@ -32,41 +40,63 @@ logger = logging.getLogger(__name__)
 BREAKER_LEVELS = {"closed": 0, "half_open": 1, "open": 2}
 #: Fleet-wide counters of `bot:stats` exposed as `bot_<name>_total`.
 FLEET_COUNTERS = ("recoveries", "lease_lost", "duplicates_skipped")
+#: What each outbox consumer group owes (`Outbox.owed_by_group`): group, owed, oldest owed age.
+OutboxOwed = Callable[[], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """What a scrape read from Redis, before it becomes metric families."""
+
+    counts: dict[str, str]
+    record: dict[str, str]
+    in_flight: int
+    stats: dict[str, str]
+    outbox_len: int
+    dead_len: int
+    runs_running: int
+    memory: dict[str, Any]
+    owed: list[dict[str, Any]]
+    backlog: list[QueueBacklog]
 
 
 class WorkerCollector(Collector):
-    """Reads one worker's numbers from Redis at scrape time."""
+    """Reads one worker's numbers from Redis at scrape time. `outbox_owed` gives what each
+    outbox consumer group still owes (`bot.outbox.stream.Outbox.owed_by_group`; passed in, as
+    bot.outbox is a sibling layer of this one)."""
 
-    def __init__(self, app: AppPort, instance_id: Callable[[], str | None]) -> None:
+    def __init__(
+        self, app: AppPort, instance_id: Callable[[], str | None], outbox_owed: OutboxOwed
+    ) -> None:
         self.app = app
         self.instance_id = instance_id
+        self.outbox_owed = outbox_owed
 
     def collect(self) -> Iterator[Any]:
         instance = self.instance_id()
         if instance is None:
             return
         try:
-            counts, record, in_flight, stats, outbox_len, dead_len, runs = self._read(instance)
+            scrape = self._read(instance)
         except Exception as exc:  # Redis down: expose that, not a scrape error
             logger.debug("metrics scrape: %s", exc)
             yield GaugeMetricFamily("bot_redis_up", "Whether Redis answered the scrape.", value=0)
             return
         yield GaugeMetricFamily("bot_redis_up", "Whether Redis answered the scrape.", value=1)
-        yield from job_metrics(counts)
-        yield from worker_metrics(record, in_flight)
-        yield from fleet_metrics(stats, outbox_len, dead_len)
-        yield from pipeline_metrics(stats, runs)
-        yield outbox_pending(self._groups())
+        yield from job_metrics(scrape.counts)
+        yield from worker_metrics(scrape.record, scrape.in_flight)
+        yield from fleet_metrics(scrape.stats, scrape.outbox_len, scrape.dead_len)
+        yield from pipeline_metrics(scrape.stats, scrape.runs_running)
+        yield from outbox_owed_metrics(scrape.owed)
+        yield from redis_memory_metrics(scrape.memory)
+        yield from queue_metrics(scrape.backlog)
 
-    def _groups(self) -> list[dict[str, Any]]:
-        try:
-            return list(self.app.redis().xinfo_groups(self.app.keys.outbox))
-        except redis.ResponseError:  # no outbox stream yet
-            return []
-
-    def _read(self, instance: str) -> tuple[Any, ...]:
-        keys = self.app.keys
-        pipe = self.app.redis().pipeline(transaction=False)
+    def _read(self, instance: str) -> Scrape:
+        """A few round trips: one pipeline of this worker's and the fleet's numbers, INFO
+        memory, the outbox groups (XINFO GROUPS, then one call per group that owes anything),
+        and one pipeline over the priority lists of the queues this worker consumes."""
+        keys, client = self.app.keys, self.app.redis()
+        pipe = client.pipeline(transaction=False)
         pipe.hgetall(keys.metrics(instance))
         pipe.hgetall(keys.worker(instance))
         pipe.scard(keys.inflight(instance))
@@ -74,7 +104,46 @@ class WorkerCollector(Collector):
         pipe.xlen(keys.outbox)
         pipe.xlen(keys.outbox_dead)
         pipe.zcard(keys.pipelines_running)
-        return tuple(pipe.execute())
+        counts, record, in_flight, stats, outbox_len, dead_len, runs = pipe.execute()
+        settings = self.app.settings
+        backlog = read_backlog(
+            client,
+            consumed_queues(record, settings.queues),
+            broker_transport_options(settings),
+        )
+        return Scrape(
+            counts=counts,
+            record=record,
+            in_flight=in_flight,
+            stats=stats,
+            outbox_len=outbox_len,
+            dead_len=dead_len,
+            runs_running=runs,
+            memory=redis_memory(client),
+            owed=self.outbox_owed(),
+            backlog=backlog,
+        )
+
+
+def redis_memory(client: redis.Redis) -> dict[str, Any]:
+    """INFO memory; {} when Redis refuses the command (an ACL user without it): the memory
+    metrics are then left out, the rest of the scrape stands."""
+    try:
+        return dict(client.info("memory"))
+    except redis.ResponseError as exc:
+        logger.debug("metrics scrape: no INFO memory: %s", exc)
+        return {}
+
+
+def consumed_queues(record: dict[str, str], configured: list[str]) -> list[str]:
+    """The queues this worker consumes, as its record lists them (`-Q` included); the
+    configured BOT_QUEUES while the record has none."""
+    try:
+        queues = json.loads(record.get("queues") or "[]")
+    except json.JSONDecodeError:
+        queues = []
+    names = [name for name in queues if isinstance(name, str)] if isinstance(queues, list) else []
+    return names or list(configured)
 
 
 def job_metrics(counts: dict[str, str]) -> Iterator[Any]:
@@ -138,18 +207,6 @@ def breaker_levels(record: dict[str, str]) -> dict[str, int]:
     return {name: BREAKER_LEVELS.get(info.get("state"), 2) for name, info in breakers.items()}
 
 
-def outbox_pending(groups: list[dict[str, Any]]) -> Any:
-    """Per consumer group (sink): entries delivered but not acked, plus entries not yet read."""
-    owed = GaugeMetricFamily(
-        "bot_outbox_pending", "Reports a sink still owes (pending + unread).", labels=["sink"]
-    )
-    for group in groups:
-        owed.add_metric(
-            [str(group["name"])], int(group.get("pending") or 0) + int(group.get("lag") or 0)
-        )
-    return owed
-
-
 def fleet_metrics(stats: dict[str, str], outbox_len: int, dead_len: int) -> Iterator[Any]:
     for name in FLEET_COUNTERS:
         yield CounterMetricFamily(
@@ -177,12 +234,17 @@ def pipeline_metrics(stats: dict[str, str], running: int) -> Iterator[Any]:
 
 
 def serve(
-    app: AppPort, port: int, instance_id: Callable[[], str | None], addr: str = "127.0.0.1"
+    app: AppPort,
+    port: int,
+    instance_id: Callable[[], str | None],
+    addr: str = "127.0.0.1",
+    *,
+    outbox_owed: OutboxOwed,
 ) -> Any:
     """Start the /metrics HTTP server (a daemon thread) on `addr`:`port` (BOT_METRICS_ADDR,
     loopback unless told otherwise); return the server."""
     registry = CollectorRegistry()
-    registry.register(WorkerCollector(app, instance_id))
+    registry.register(WorkerCollector(app, instance_id, outbox_owed))
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     logger.info("metrics on %s:%d/metrics", addr, port)
     return server

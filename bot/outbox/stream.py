@@ -271,7 +271,22 @@ class Outbox:
             "dead": int(self.client.xlen(self.keys.outbox_dead)),
         }
 
+    def owed_by_group(self, now_ms: int | None = None) -> list[dict[str, Any]]:
+        """What each consumer group (sink) still owes: pending, unread, owed and the age of the
+        oldest entry among them; [] when there is no stream. XINFO GROUPS, then an XPENDING
+        summary or an XRANGE COUNT 1 per group that owes anything (what /metrics reads)."""
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        try:
+            infos: Any = self.client.xinfo_groups(self.stream)
+        except redis.ResponseError:  # no outbox stream yet
+            return []
+        return [self._group_owed(self.stream, info, now) for info in infos]
+
     def _group_stats(self, stream: str, info: dict[str, Any], now: int) -> dict[str, Any]:
+        owed = self._group_owed(stream, info, now)
+        return {**owed, "replay_owed": self._replay_owed(owed["group"])}
+
+    def _group_owed(self, stream: str, info: dict[str, Any], now: int) -> dict[str, Any]:
         name, last = info["name"], info["last-delivered-id"]
         unread = info.get("lag")
         if unread is None:  # unknown after deletions: count what is after last-delivered
@@ -283,7 +298,6 @@ class Outbox:
         elif unread:
             first: Any = self.client.xrange(stream, f"({last}", "+", 1)
             oldest = first[0][0] if first else None
-        replay_key = self.keys.outbox_replay(name)
         return {
             "group": name,
             "consumers": int(info["consumers"]),
@@ -292,10 +306,10 @@ class Outbox:
             "owed": int(info["pending"]) + int(unread),
             "oldest_owed_age_s": round(max(0, now - id_ms(oldest)) / 1000, 3) if oldest else 0.0,
             "last_delivered_id": last,
-            "replay_owed": self._replay_owed(replay_key, name),
         }
 
-    def _replay_owed(self, replay_key: str, group: str) -> int:
+    def _replay_owed(self, group: str) -> int:
+        replay_key = self.keys.outbox_replay(group)
         if not self.client.exists(replay_key):
             return 0
         for info in self.client.xinfo_groups(replay_key):

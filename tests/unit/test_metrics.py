@@ -77,7 +77,7 @@ def test_unknown_ops_share_one_label_in_the_scrape() -> None:
 
 
 def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
-    server = serve(None, 0, lambda: None)  # type: ignore[arg-type]
+    server = serve(None, 0, lambda: None, outbox_owed=list)  # type: ignore[arg-type]
     try:
         host, port = server.server_address[:2]
         assert host == "127.0.0.1"
