@@ -254,10 +254,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def on_sigterm(*_: object) -> None:
+    """SIGTERM ends the run like Ctrl-C: through the `finally`s that stop every process."""
+    print("soak: SIGTERM; stopping the fleet", file=sys.stderr, flush=True)
+    sys.exit(143)
+
+
 def main() -> None:
     args = parse_args()
-    # SIGTERM ends the run like Ctrl-C: through the `finally`s that stop every process.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, on_sigterm)
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         workdir = args.workdir or Path(tmp)
