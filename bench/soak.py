@@ -83,7 +83,7 @@ def measure_capacity(fleet: SoakFleet, app: object) -> tuple[float, Producer]:
 def fault_plan(duration_s: float, kill_every_s: float) -> list[tuple[float, str]]:
     """(t, "kill" | "redis"), in time order: kills every `kill_every_s` (at least one) and one
     Redis restart half way, kept 30 s away from any kill."""
-    kills = [t for t in range_by(kill_every_s, duration_s - 30)] or [duration_s / 3]
+    kills = range_by(kill_every_s, duration_s - 30) or [duration_s / 3]
     redis_at = duration_s / 2
     while any(abs(redis_at - k) < 30 for k in kills) and redis_at < duration_s - 30:
         redis_at += 30
