@@ -7,8 +7,9 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+SOAK_INSTALLED := $(VENV)/.soak-installed
 
-.PHONY: fleet test lint unit bench bench-scale profile mutate
+.PHONY: fleet test lint unit bench bench-scale soak profile mutate
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,16 @@ bench: $(INSTALLED)
 # job, reaper pass time, `bot fleet` latency (a few minutes); the table goes into docs/scaling.md.
 bench-scale: $(INSTALLED)
 	$(BIN)/python bench/scale_bench.py --write
+
+# A 2-worker fleet, a relay and a sink at ~70 % of measured capacity for SOAK_MINUTES (20),
+# with a kill -9 every 4 minutes and one Redis restart: worker RSS, Redis memory, outbox
+# length and latency every 30 s, every job accounted for; docs/soak.md and docs/soak.png.
+soak: $(SOAK_INSTALLED)
+	$(BIN)/python bench/soak.py --minutes $${SOAK_MINUTES:-20} --write
+
+$(SOAK_INSTALLED): $(INSTALLED) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[soak]'
+	touch $(SOAK_INSTALLED)
 
 profile: $(INSTALLED)
 	$(BIN)/python bench/fleet_bench.py --profile
