@@ -22,8 +22,9 @@ What the record holds, by the job's state:
   reply (owner, fence, state, report_id), a pipeline stage delivered again (state, outcome).
   Every `RUNNING_ONLY_FIELDS` field is dropped, and the hash written anew, so Redis keeps it
   in its compact encoding (a hash that once held a long value, the message, never shrinks
-  back by itself): about a third of the memory (bench/memory_per_job.py, README "Redis
-  memory"). It expires `BOT_JOB_TTL` after the end; Celery's result meta, `BOT_RESULT_TTL`.
+  back by itself): 536 bytes instead of 1,680 for a `sum` job (bench/memory_per_job.py,
+  README "Redis memory"). It expires `BOT_JOB_TTL` after the end; Celery's result meta
+  `BOT_RESULT_TTL` after it.
 """
 
 from __future__ import annotations
