@@ -83,7 +83,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": settings.task_events and settings.task_sent_events,
         "worker_send_task_events": settings.task_events,
         "result_extended": True,
-        "result_expires": settings.job_ttl,
+        "result_expires": settings.result_ttl,
+        # A pipeline's parallel stage (a chord) keeps its count and its members' results in the
+        # result backend until the last member ends: as long as a job record, not a result, so
+        # a stage whose jobs wait in a backlog longer than BOT_RESULT_TTL still completes.
+        "result_chord_expires": settings.job_ttl,
         "task_default_queue": settings.default_queue,
         "worker_hijack_root_logger": False,
         # A message that cannot be taken in is dropped with a log line, never stops the

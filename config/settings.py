@@ -87,7 +87,17 @@ class Settings(BaseSettings):
     report_url: str | None = None
     report_token: SecretStr | None = None
     outbox_max_deliveries: int = Field(10, ge=1)
+    #: Seconds a finished job's record lives (its state, outcome and payload digest): what
+    #: `bot status` reads, and what makes a resubmission of the same job id, or a copy of its
+    #: message delivered again, a no-op within that time. A day: a caller retrying a
+    #: submission the same day is still deduplicated (README "Redis memory").
     job_ttl: int = Field(86400, gt=0)
+    #: Seconds Celery's result meta of a job lives (`result_expires`, and the expiry the job
+    #: scripts give it): what `AsyncResult` and Flower's result API read. An hour, not Celery's
+    #: day: its callers wait for the result as the job ends (`get()` wakes on its publish),
+    #: `bot status` reads the record for BOT_JOB_TTL, and a busy fleet pays for every second
+    #: of it (500 jobs/s x 424 B: 0.76 GB an hour held, 18 GB a day; README "Redis memory").
+    result_ttl: int = Field(3600, gt=0)
     max_payload_bytes: int = Field(1_048_576, gt=0)
     ops_modules: CommaList = Field(default_factory=list)
     queues: CommaList = Field(default_factory=lambda: ["celery"])

@@ -4,7 +4,10 @@ The record holds the run's state (`queued` → `running` → `succeeded` | `fail
 stage, the plan (each stage's job ids, fixed when the run starts) and each stage job's state
 (`s<stage>.<member>`: queued, running, succeeded, failed, rejected, dead, skipped), the result
 or error, and the id of its one report in the outbox. Only the Lua scripts run_claim, run_start,
-run_stage and run_end write it; `RunRecord.from_hash` is its one reader.
+run_stage and run_end write it; `RunRecord.from_hash` is its one reader. An ended run keeps every
+field (expiring BOT_JOB_TTL after its end): unlike a job record (bot/jobs/record.py) it holds
+nothing that only a running run needs, the plan and stage states being what `bot pipeline
+status` shows; its stage jobs' records are trimmed as any job's.
 
 Stage job ids derive from the run id (`<run>.s2` for a plain stage, `<run>.s2.1` for the first
 op of a parallel one), so sending a stage twice (a start task or a stage delivered again) runs

@@ -6,6 +6,25 @@ hand-back, the unheld-job audit, reap) goes through `JobRecord.from_hash`, so a 
 and encoding are spelled once. A partial read (HMGET of a few fields) parses too: a missing
 field reads as its default. A value that does not parse reads as missing rather than raising:
 the record is shared with anyone who can write to Redis.
+
+What the record holds, by the job's state:
+- queued (a caller's own id, claim_id.lua): job_id, state, op, queue, digest, enqueued_at.
+- running / retrying (acquire.lua, complete.lua for `retrying`, reap.lua for `queued` again):
+  also owner, fence, attempts, recoveries, started_at, updated_at, progress, outcome (the
+  last attempt's), and what only a live job needs: `RUNNING_ONLY_FIELDS`.
+- finished (succeeded, failed, rejected, dead; complete.lua, in the step that ends the job):
+  job_id, state, op, queue, digest, owner, fence, attempts, recoveries, outcome, progress,
+  report_id and the timestamps (enqueued_at, started_at, updated_at, finished_at). That is
+  what its readers need: `bot status` and `Client.status`/`wait` (state, op, owner, attempts,
+  recoveries, progress, outcome, timestamps), a resubmission of the same id (state, digest:
+  bot/flows/submit.py), a second delivery of the job (acquire.lua: owner and fence, then op,
+  digest and the final state: acked without running), a repeat of the complete after a lost
+  reply (owner, fence, state, report_id), a pipeline stage delivered again (state, outcome).
+  Every `RUNNING_ONLY_FIELDS` field is dropped, and the hash written anew, so Redis keeps it
+  in its compact encoding (a hash that once held a long value, the message, never shrinks
+  back by itself): 536 bytes instead of 1,680 for a `sum` job (bench/memory_per_job.py,
+  README "Redis memory"). It expires `BOT_JOB_TTL` after the end; Celery's result meta
+  `BOT_RESULT_TTL` after it.
 """
 
 from __future__ import annotations
@@ -16,6 +35,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.jobs.reports import FINAL_STATES
+
+#: Fields only a queued or running job needs, dropped when it ends (complete.lua gets them as
+#: an argument: this is their one list). `message`: the reaper publishes the job again from it
+#: when its unacked entry is gone; `delivery_tag`: the reaper's restore_by_tag; `claim` and
+#: `exhausted`: acquire's answer to a repeat of the same attempt after a lost reply; `pid`: the
+#: lost-child hand-back, and acquire's takeover of a job of the worker's own dead process;
+#: `recovered_from`, `recovered_at`: reap's note of the last hand-back.
+RUNNING_ONLY_FIELDS: tuple[str, ...] = (
+    "message",
+    "delivery_tag",
+    "claim",
+    "pid",
+    "exhausted",
+    "recovered_from",
+    "recovered_at",
+)
 
 
 def int_field(value: str | None) -> int | None:
@@ -41,12 +76,14 @@ class JobRecord:
     state: str = ""
     op: str | None = None
     queue: str = ""
-    #: The instance id running the job ("" when nobody does), and the pool process's pid.
+    #: The instance id running the job ("" when nobody does; a finished job's last owner),
+    #: and the pool process's pid (None once the job ended: running-only).
     owner: str = ""
     pid: int | None = None
     fence: int = 0
     attempts: int = 0
     recoveries: int = 0
+    #: Running-only, like `message`: {} and "" once the job ended.
     delivery_tag: str = ""
     #: The message needed to publish the job again ({task, args, kwargs, queue}).
     message: dict[str, Any] = field(default_factory=dict)

@@ -3,8 +3,10 @@
 acquire: before the op body runs, take the job (owner, fence+1, attempts+1) unless it ended
 (duplicate delivery) or runs under a live owner. complete: only the owner holding the current
 fence may record an outcome; a final outcome appends the report to the outbox in the same
-script. reap: hand a job back (`queued`, recoveries + 1) if it still runs under the owner
-named, at the fence read; used by the reaper, the unheld-job audit and the lost-child hand-back.
+script, and leaves the record only what a finished job needs (`RUNNING_ONLY_FIELDS` go; what
+stays, and why, is in bot/jobs/record.py). reap: hand a job back (`queued`, recoveries + 1) if
+it still runs under the owner named, at the fence read; used by the reaper, the unheld-job
+audit and the lost-child hand-back.
 All are single Lua scripts (`bot/store/lua/`), so every multi-key change is atomic.
 
 With `BOT_REDIS_MIN_REPLICAS` > 0, a complete that ended the job is followed by
@@ -24,7 +26,7 @@ from typing import Any
 import redis
 
 from bot.base.clock import now_ms
-from bot.jobs.record import JobRecord
+from bot.jobs.record import RUNNING_ONLY_FIELDS, JobRecord
 from bot.store import scripts
 from bot.store.keys import Keys
 from bot.store.metrics_hash import duration_sum_field, outcome_fields
@@ -59,6 +61,9 @@ class ReplicaWait:
             client.hincrby(stats_key, REPLICA_WAIT_SHORT, 1)
         return acked
 
+
+#: complete.lua's argument naming what a finished record drops (bot/jobs/record.py).
+_RUNNING_ONLY_ARG = " ".join(RUNNING_ONLY_FIELDS)
 
 #: How many times acquire re-reads the owner when it moved between read and script.
 _ACQUIRE_READ_ATTEMPTS = 5
@@ -265,6 +270,7 @@ class JobStore:
                 duration_sum_field(outcome.op),
                 int(outcome.duration_s * 1000),
                 *meta_args,
+                _RUNNING_ONLY_ARG,
                 *outcome_fields(outcome.op, outcome.state, outcome.duration_s),
             ],
         )

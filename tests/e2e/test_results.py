@@ -63,7 +63,7 @@ def test_folded_result_meta_is_what_celery_writes(
     assert abs(done_at[0] - done_at[1]) < timedelta(seconds=30)
     assert ours["worker"].startswith("folded@") and theirs["worker"].startswith("reference@")
     assert (ours["queue"], theirs["queue"]) == ("folded", "reference")
-    # the result lives as long as Celery's (result_expires = BOT_JOB_TTL)
+    # the result lives as long as Celery's (result_expires = BOT_RESULT_TTL)
     assert (
         0
         < client.ttl(f"celery-task-meta-{mine.id}")

@@ -63,6 +63,13 @@ def test_result_backend_defaults_to_broker_redis() -> None:
     assert conf["result_backend"] == "redis://other:1/3"
 
 
+def test_results_live_bot_result_ttl_and_a_chord_as_long_as_a_job_record() -> None:
+    conf = celery_config(Settings())
+    assert (conf["result_expires"], conf["result_chord_expires"]) == (3600, 86400)
+    conf = celery_config(Settings(result_ttl=120, job_ttl=7200))
+    assert (conf["result_expires"], conf["result_chord_expires"]) == (120, 7200)
+
+
 def test_the_beat_runs_bot_scheduler_with_redbeat_under_the_key_prefix() -> None:
     settings = Settings(
         redis_url="redis://r.example:6380/2", key_prefix="acme", beat_max_interval=2

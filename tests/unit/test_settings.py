@@ -27,6 +27,7 @@ def test_defaults_match_design() -> None:
     assert (settings.retry_base_delay, settings.retry_max_delay) == (1.0, 60.0)
     assert (settings.breaker_threshold, settings.breaker_timeout) == (5, 30.0)
     assert settings.max_recoveries == 3
+    assert (settings.job_ttl, settings.result_ttl) == (86400, 3600)
     assert settings.key_prefix == "bot"
     assert settings.log_format == "console"
     assert settings.metrics_addr == "127.0.0.1"  # /metrics is not open to the network
@@ -62,6 +63,9 @@ def test_values_come_from_bot_variables(monkeypatch: pytest.MonkeyPatch) -> None
         ("BOT_LOG_FORMAT", "xml", "BOT_LOG_FORMAT: Input should be 'console' or 'json'"),
         ("BOT_REPORT_URL", "ftp://x", "BOT_REPORT_URL: must be an http:// or https:// URL"),
         ("BOT_QUEUES", " , ", "BOT_QUEUES: must name at least one queue"),
+        ("BOT_RESULT_TTL", "0", "BOT_RESULT_TTL: Input should be greater than 0"),
+        ("BOT_RESULT_TTL", "1h", "BOT_RESULT_TTL: Input should be a valid integer"),
+        ("BOT_JOB_TTL", "-5", "BOT_JOB_TTL: Input should be greater than 0"),
         ("BOT_HEARTBAET_INTERVAL", "5", "unknown setting BOT_HEARTBAET_INTERVAL"),
     ],
 )

@@ -26,7 +26,7 @@ ARGV[15] payload digest of this delivery ('' if unknown): the first one seen (at
          at the first acquire) binds the job id; a delivery with another op or digest is
          another submission reusing the id, and never runs.
 ARGV[16] Celery's STARTED result meta (JSON) for KEYS[5] ('' when KEYS[5] is absent)
-ARGV[17] seconds that meta lives (0: no expiry)
+ARGV[17] seconds that meta lives (BOT_RESULT_TTL; 0: no expiry)
 
 Returns one of
   {'retry', owner, fence, pid}    not the expected owner/fence: call again with these
