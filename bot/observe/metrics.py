@@ -56,13 +56,19 @@ class WorkerCollector(Collector):
         yield from worker_metrics(record, in_flight)
         yield from fleet_metrics(stats, outbox_len, dead_len)
         yield from pipeline_metrics(stats, runs)
-        yield outbox_pending(self._groups())
+        groups = self._groups()
+        yield outbox_pending(groups)
+        yield outbox_behind(groups, self._behind())
 
     def _groups(self) -> list[dict[str, Any]]:
         try:
             return list(self.app.redis().xinfo_groups(self.app.keys.outbox))
         except redis.ResponseError:  # no outbox stream yet
             return []
+
+    def _behind(self) -> set[str]:
+        """Groups the last outbox retention pass found behind (bot/outbox/retention.py)."""
+        return set(self.app.redis().hkeys(self.app.keys.outbox_behind))  # type: ignore[arg-type]
 
     def _read(self, instance: str) -> tuple[Any, ...]:
         keys = self.app.keys
@@ -119,6 +125,11 @@ def worker_metrics(record: dict[str, str], in_flight: int) -> Iterator[Any]:
         yield GaugeMetricFamily(
             "bot_heartbeat_age_seconds", "Seconds since the last heartbeat.", value=age_s
         )
+    yield GaugeMetricFamily(
+        "bot_redis_memory_guard",
+        "1 while Redis used memory is over BOT_REDIS_MEMORY_LIMIT_SHARE of maxmemory.",
+        value=1 if record.get("memory_guard") == "1" else 0,
+    )
     breakers = GaugeMetricFamily(
         "bot_breaker_state",
         "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
@@ -148,6 +159,19 @@ def outbox_pending(groups: list[dict[str, Any]]) -> Any:
             [str(group["name"])], int(group.get("pending") or 0) + int(group.get("lag") or 0)
         )
     return owed
+
+
+def outbox_behind(groups: list[dict[str, Any]], behind: set[str]) -> Any:
+    """Per consumer group (sink): 1 when it owes a report older than BOT_OUTBOX_MAX_AGE or
+    beyond BOT_OUTBOX_MAX_LEN (what it owes is kept: it holds the outbox past its bounds)."""
+    late = GaugeMetricFamily(
+        "bot_outbox_group_behind",
+        "1 when a sink owes reports past the outbox retention bounds.",
+        labels=["sink"],
+    )
+    for group in groups:
+        late.add_metric([str(group["name"])], 1 if str(group["name"]) in behind else 0)
+    return late
 
 
 def fleet_metrics(stats: dict[str, str], outbox_len: int, dead_len: int) -> Iterator[Any]:

@@ -105,9 +105,11 @@ def test_a_group_owing_entries_past_the_age_bound_is_behind_by_age(client: redis
     box.ensure_group("http")
     box.ensure_group("stuck")
     client.xadd(KEYS.outbox, {"job_id": "old"}, id="1000-0")
+    box.ensure_group("fresh", start_id="$")  # created after the old entry
     append(client, 3)
     box.ack(KEYS.outbox, "http", *[e.id for e in box.read_new(KEYS.outbox, "http", "r", 10)])
     box.read_new(KEYS.outbox, "stuck", "s", 1)  # holds the old entry pending, never acks
+    box.read_new(KEYS.outbox, "fresh", "f", 1)  # owes new entries only: within the bounds
 
     retention(client).run_once()
 
