@@ -118,12 +118,13 @@ def read_behind(client: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
 
 
 def mark_behind(stats: dict[str, Any], behind: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """`Outbox.stats()` with each group's `behind` flag (and `behind_bound`) from the verdict."""
+    """`Outbox.stats()` with each group's `behind` flag (and `behind_bound`) from the verdict,
+    and the list of the behind groups (a group destroyed since the verdict is not listed)."""
     for group in stats["groups"]:
         verdict = behind.get(group["group"])
         group["behind"] = verdict is not None
         group["behind_bound"] = (verdict or {}).get("bound")
-    stats["behind"] = sorted(behind)
+    stats["behind"] = sorted(g["group"] for g in stats["groups"] if g["behind"])
     return stats
 
 

@@ -187,3 +187,15 @@ def test_a_redis_over_maxmemory_is_still_trimmed(private_redis: RedisServer) -> 
     assert [e[0] for e in client.xrange(KEYS.outbox)] == ids[-10:]
     assert not client.exists(KEYS.outbox_retention_lock)
     assert read_behind(client, KEYS) == {}
+
+
+def test_a_group_destroyed_since_the_verdict_is_not_listed_behind(client: redis.Redis) -> None:
+    box = Outbox(client, KEYS)
+    box.ensure_group("billing")
+    append(client, 30)
+    retention(client).run_once()
+    assert set(read_behind(client, KEYS)) == {"billing"}
+
+    client.xgroup_destroy(KEYS.outbox, "billing")
+
+    assert mark_behind(box.stats(), read_behind(client, KEYS))["behind"] == []
