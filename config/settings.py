@@ -49,7 +49,7 @@ CommaList = Annotated[list[str], NoDecode]
 OUTBOX_MAX_AGE_S = 24 * 3600.0
 OUTBOX_MAX_LEN = 1_000_000
 #: BOT_OUTBOX_DEAD_MAX_LEN's default: dead letters are kept (by count only, never by age) until
-#: replayed; beyond this many the oldest are dropped with a warning (~50 MB of reports).
+#: replayed; beyond this many the oldest are dropped with a warning (tens of MB of reports).
 OUTBOX_DEAD_MAX_LEN = 100_000
 
 
