@@ -41,6 +41,17 @@ _HOST_NAME = re.compile(
 
 CommaList = Annotated[list[str], NoDecode]
 
+#: Outbox retention defaults (BOT_OUTBOX_MAX_AGE, BOT_OUTBOX_MAX_LEN). A report entry takes
+#: about 515 bytes of Redis memory (measured, Redis 7.0, a ~450-byte report), so the length
+#: bound caps the acked history at ~0.5 GB whatever the job rate: at 500 jobs/s it is reached in
+#: ~33 minutes (a day there would be 43 M entries, ~22 GB); a fleet of under ~11 jobs/s keeps a
+#: whole day. Entries a consumer group still owes are kept past both (README, "Outbox retention").
+OUTBOX_MAX_AGE_S = 24 * 3600.0
+OUTBOX_MAX_LEN = 1_000_000
+#: BOT_OUTBOX_DEAD_MAX_LEN's default: dead letters are kept (by count only, never by age) until
+#: replayed; beyond this many the oldest are dropped with a warning (tens of MB of reports).
+OUTBOX_DEAD_MAX_LEN = 100_000
+
 
 class ConfigError(SystemExit):
     """A bad configuration. Exits with code 2 when it reaches the top of the process."""
@@ -87,6 +98,17 @@ class Settings(BaseSettings):
     report_url: str | None = None
     report_token: SecretStr | None = None
     outbox_max_deliveries: int = Field(10, ge=1)
+    #: Seconds an acked report is kept in `bot:outbox` (and the replay streams).
+    outbox_max_age: float = Field(OUTBOX_MAX_AGE_S, gt=0)
+    #: Entries kept in `bot:outbox` (and each replay stream) once no group owes the older ones.
+    outbox_max_len: int = Field(OUTBOX_MAX_LEN, ge=1)
+    #: Dead letters kept in `bot:outbox:dead`; the oldest beyond are dropped (0: keep all).
+    outbox_dead_max_len: int = Field(OUTBOX_DEAD_MAX_LEN, ge=0)
+    #: Seconds between two retention passes (one worker of the fleet per interval).
+    outbox_trim_interval: float = Field(60.0, gt=0)
+    #: A worker is DEGRADED while Redis's used_memory is at least this share of its maxmemory
+    #: (and until it is 2 points below); no maxmemory set (0) turns the guard off.
+    redis_memory_limit_share: float = Field(0.9, gt=0, le=1)
     #: Seconds a finished job's record lives (its state, outcome and payload digest): what
     #: `bot status` reads, and what makes a resubmission of the same job id, or a copy of its
     #: message delivered again, a no-op within that time. A day: a caller retrying a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import click
 import redis
@@ -12,6 +13,8 @@ import redis
 from bot.base.exits import EXIT_FAILED, EXIT_OK
 from bot.fleet.health import fleet_health, local_health
 from bot.fleet.records import WorkerRecords, WorkerView
+from bot.jobs.envelope import printable
+from bot.outbox.retention import read_behind
 from bot.store.connect import connect
 from bot.store.keys import Keys
 from config.celery_config import broker_transport_options
@@ -61,6 +64,22 @@ def render_table(views: list[WorkerView], now: float) -> str:
     )
 
 
+def notes(views: list[WorkerView], behind: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines under the table: why each DEGRADED worker is, and the outbox groups that are
+    behind the retention bounds (the last retention pass's verdict, `bot:outbox:behind`)."""
+    lines = [
+        f"{view.instance_id}: DEGRADED: {printable(view.record.get('state_reason') or '?', 300)}"
+        for view in views
+        if view.state == "DEGRADED"
+    ]
+    for group, info in sorted(behind.items()):
+        lines.append(
+            f"outbox group {printable(group)} behind ({info.get('bound', '?')} bound): owes "
+            f"{info.get('owed', '?')}, oldest {info.get('oldest_owed_age_s', '?')}s (bot outbox)"
+        )
+    return lines
+
+
 def _fail_unreachable(exc: Exception) -> None:
     settings = load_settings()
     click.echo(f"bot: Redis at {redact_url(settings.redis_url)} unreachable: {exc}", err=True)
@@ -72,19 +91,23 @@ def _fail_unreachable(exc: Exception) -> None:
 def fleet(as_json: bool) -> None:
     """List the workers of the fleet: state, pool, jobs, heartbeat age.
 
-    A worker whose lease expired shows as DEAD (record left) or GONE (no record)."""
+    A worker whose lease expired shows as DEAD (record left) or GONE (no record). Under the
+    table: why each DEGRADED worker is (`state_reason` in --json), and the outbox groups
+    behind the retention bounds."""
     try:
-        views = _registry().fleet()
+        registry = _registry()
+        views = registry.fleet()
+        behind = {} if as_json else read_behind(registry.client, registry.keys)
     except redis.RedisError as exc:
         _fail_unreachable(exc)
         return
     now = time.time()
     if as_json:
         click.echo(json.dumps([view.as_dict(now) for view in views], indent=2))
-    elif not views:
-        click.echo("no workers registered")
-    else:
-        click.echo(render_table(views, now))
+        return
+    click.echo(render_table(views, now) if views else "no workers registered")
+    for line in notes(views, behind):
+        click.echo(line)
 
 
 @click.command()

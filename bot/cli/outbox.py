@@ -15,6 +15,7 @@ import click
 from bot import app
 from bot.base.exits import EXIT_FAILED, EXIT_USAGE
 from bot.jobs.envelope import printable
+from bot.outbox.retention import mark_behind, read_behind
 from bot.outbox.stream import Outbox
 
 #: A stream entry id, as `bot outbox dead` lists them.
@@ -33,11 +34,20 @@ def _print_stats(stats: dict[str, Any]) -> None:
     if not stats["groups"]:
         click.echo("groups        (none: no sink reads the outbox yet)")
         return
-    click.echo(f"{'group':<16}{'consumers':>10}{'pending':>9}{'unread':>9}{'replay':>8}  oldest")
+    click.echo(
+        f"{'group':<16}{'consumers':>10}{'pending':>9}{'unread':>9}{'replay':>8}  oldest    behind"
+    )
     for g in stats["groups"]:
+        behind = f"yes ({g['behind_bound']})" if g["behind"] else "no"
+        oldest = f"{g['oldest_owed_age_s']:.1f}s"
         click.echo(
             f"{printable(g['group']):<16}{g['consumers']:>10}{g['pending']:>9}{g['unread']:>9}"
-            f"{g['replay_owed']:>8}  {g['oldest_owed_age_s']:.1f}s"
+            f"{g['replay_owed']:>8}  {oldest:<10}{behind}"
+        )
+    if stats["behind"]:
+        click.echo(
+            "behind: owes reports past BOT_OUTBOX_MAX_AGE / BOT_OUTBOX_MAX_LEN, kept until "
+            f"read; fix its consumer or XGROUP DESTROY {printable(stats['stream'])} <group>"
         )
 
 
@@ -49,18 +59,21 @@ def _dead_line(row: dict[str, str]) -> str:
 
 
 @click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Stats as JSON (bot outbox stats --json).")
 @click.pass_context
-def outbox(ctx: click.Context) -> None:
+def outbox(ctx: click.Context, as_json: bool) -> None:
     """Reports: stream length, what each sink owes, dead letters (default: stats)."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(stats)
+        ctx.invoke(stats, as_json=as_json)
 
 
 @outbox.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(as_json: bool) -> None:
-    """Length, pending and unread per sink, oldest owed entry's age, dead count."""
-    data = _outbox().stats()
+    """Length, pending and unread per sink, oldest owed entry's age, whether the sink is
+    behind the retention bounds (the last retention pass's verdict), dead count."""
+    box = _outbox()
+    data = mark_behind(box.stats(), read_behind(box.client, box.keys))
     if as_json:
         click.echo(json.dumps(data))
     else:

@@ -24,7 +24,8 @@ class Verdict:
 def describe(view: WorkerView | None, node: str, instance_id: str) -> str:
     if view is None:
         return f"{node} ({instance_id}): not registered"
-    return f"{node} ({instance_id}): {view.state}"
+    reason = view.record.get("state_reason") if view.state == "DEGRADED" else None
+    return f"{node} ({instance_id}): {view.state}" + (f" ({reason})" if reason else "")
 
 
 def is_healthy(view: WorkerView | None) -> bool:

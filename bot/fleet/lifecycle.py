@@ -69,6 +69,7 @@ class Lifecycle:
         self._state = S.INITIALIZING
         self._clock = clock
         self._since = clock()
+        self._reason = ""
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
         self.counts: Counter[str] = Counter()
@@ -82,6 +83,17 @@ class Lifecycle:
         """When the current state was entered (epoch seconds)."""
         return self._since
 
+    @property
+    def reason(self) -> str:
+        """Why the worker is in its current state (the last transition's or `explain`'s)."""
+        return self._reason
+
+    def explain(self, reason: str) -> None:
+        """A new reason for the current state, without a transition (e.g. DEGRADED now for
+        another cause): shown in the worker record, not counted."""
+        with self._lock:
+            self._reason = reason
+
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
@@ -93,6 +105,7 @@ class Lifecycle:
                 raise IllegalTransition(current, target)
             self._state = target
             self._since = self._clock()
+            self._reason = reason
             self.counts[f"{current}->{target}"] += 1
         logger.info("lifecycle %s -> %s%s", current, target, f" ({reason})" if reason else "")
         for listener in self._listeners:

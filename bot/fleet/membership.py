@@ -8,7 +8,8 @@ exactly the times the lease must keep being renewed and DEGRADED must be entered
 The thread only touches bot's own Redis client and reads Celery's worker state by copying.
 
 One heartbeat is one script call (`WorkerRecords.heartbeat`): lease, record, `bot:workers` and the
-`unacked_index` scores of every held delivery tag.
+`unacked_index` scores of every held delivery tag; at most once per heartbeat interval it is
+followed by an INFO memory for the Redis memory guard (bot/fleet/memory_guard.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bot.base.loop import Loop
 from bot.base.version import __version__
 from bot.fleet.identity import Identity
 from bot.fleet.lifecycle import Lifecycle, State
+from bot.fleet.memory_guard import MemoryGuard
 from bot.fleet.records import WorkerRecords, op_schemas
 from bot.ops import REGISTRY
 from bot.outbox.delivery import is_sink_breaker
@@ -77,6 +79,9 @@ class FleetAgent:
         # Job acquire runs in the pool children: its breaker is in shared memory (made here,
         # before the pool forks) so they trip it together and the record shows its state.
         self.breakers["acquire"] = SharedCircuitBreaker("acquire", threshold, timeout_s)
+        self.memory_guard = MemoryGuard(
+            self.settings.redis_memory_limit_share, self.settings.heartbeat_interval
+        )
         self.pid = os.getpid()
         self.registered = False
         self._registry: WorkerRecords | None = None
@@ -213,6 +218,8 @@ class FleetAgent:
         return {
             "state": str(self.lifecycle.state),
             "state_since": str(int(self.lifecycle.since * 1000)),
+            "state_reason": self.lifecycle.reason,
+            "memory_guard": "1" if self.memory_guard.tripped else "0",
             "pool": str(worker_info.pool_size(self.worker)),
             "in_flight": str(worker_info.in_flight()),
             "reserved": str(worker_info.reserved()),
@@ -278,11 +285,18 @@ class FleetAgent:
         breaker.record_success()
         if not found.lease_existed:
             logger.warning("lease had expired before this heartbeat (away longer than its TTL)")
-        unreachable = self.unreachable_sinks()
-        if unreachable:
-            self._degrade(f"sink unreachable: {', '.join(unreachable)}")
+        problems = self.beat_problems()
+        if problems:
+            self._degrade("; ".join(problems))
         elif self.lifecycle.state is State.DEGRADED:
             self._recover()
+
+    def beat_problems(self) -> list[str]:
+        """What a good heartbeat still finds wrong: open sink breakers, Redis memory."""
+        unreachable = self.unreachable_sinks()
+        problems = [f"sink unreachable: {', '.join(unreachable)}"] if unreachable else []
+        memory = self.memory_guard.check(self.registry.client)
+        return [*problems, memory] if memory else problems
 
     def unreachable_sinks(self) -> list[str]:
         """Sinks whose breaker is not closed (a service registers them as `sink:<name>`)."""
@@ -299,8 +313,9 @@ class FleetAgent:
         moved = self.lifecycle.to_if(
             frozenset({State.HEALTH_CHECK, State.READY, State.PROCESSING}), State.DEGRADED, reason
         )
-        if not moved:
-            logger.debug("still unhealthy: %s", reason)
+        if not moved and self.lifecycle.state is State.DEGRADED and reason != self.lifecycle.reason:
+            self.lifecycle.explain(reason)
+            logger.debug("still degraded, now: %s", reason)
 
     def _recover(self) -> None:
         problems = self.health_problems()
@@ -308,7 +323,7 @@ class FleetAgent:
             logger.info("still degraded: %s", "; ".join(problems))
             return
         target = State.PROCESSING if worker_info.reserved() > 0 else State.READY
-        self.lifecycle.to_if(frozenset({State.DEGRADED}), target, "Redis reachable again")
+        self.lifecycle.to_if(frozenset({State.DEGRADED}), target, "healthy again")
 
     # -- shutdown ----------------------------------------------------------------------------
 

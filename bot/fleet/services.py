@@ -1,6 +1,7 @@
 """The long-running services the fleet step starts in every worker besides its heartbeat: the
 reaper with the unheld-job audit and the pipeline run audit (every BOT_REAPER_INTERVAL), the
-outbox relay (when BOT_REPORT_URL is set), the trigger consumer (when triggers are declared and
+outbox retention pass (every BOT_OUTBOX_TRIM_INTERVAL, relay or not), the outbox relay (when
+BOT_REPORT_URL is set), the trigger consumer (when triggers are declared and
 BOT_TRIGGERS is on) and the /metrics server (when BOT_METRICS_PORT is set). The relay and the
 metrics server import their libraries (httpx, prometheus_client) only when they are
 configured: `import bot`, which every worker process and client does, must not pay for them
@@ -31,6 +32,7 @@ from bot.fleet.lifecycle import Lifecycle
 from bot.flows.run_audit import RunAudit
 from bot.flows.triggers import trigger_consumer
 from bot.outbox.relay import Relay
+from bot.outbox.retention import Retention
 from bot.outbox.stream import Outbox
 from bot.pipelines.triggers import TRIGGERS
 from bot.recovery.reaper import Reaper
@@ -122,6 +124,14 @@ def pipeline_audit_service(context: FleetContext) -> Service:
     return PeriodicService("pipeline audit", context.settings.reaper_interval, audit.run_once)
 
 
+def retention_service(context: FleetContext) -> Service:
+    """The outbox retention pass (bot/outbox/retention.py), every BOT_OUTBOX_TRIM_INTERVAL,
+    one worker per interval fleet-wide; it runs whether or not this worker has a relay."""
+    retention = Retention.for_app(context.app)
+    interval_s = context.settings.outbox_trim_interval
+    return PeriodicService("outbox retention", interval_s, retention.run_once)
+
+
 def relay_service(context: FleetContext) -> Service:
     """The built-in outbox relay to the HTTP sink (bot/outbox/relay.py), with its breaker
     shown in the record."""
@@ -191,11 +201,12 @@ def metrics_service(context: FleetContext) -> Service:
     return MetricsServer(context, port)
 
 
-#: Services every worker runs: the reaper, the pipeline run audit, the outbox relay, the
-#: trigger consumer, the metrics server.
+#: Services every worker runs: the reaper, the pipeline run audit, the outbox retention pass,
+#: the outbox relay, the trigger consumer, the metrics server.
 DEFAULT_SERVICES: list[ServiceFactory] = [
     reaper_service,
     pipeline_audit_service,
+    retention_service,
     relay_service,
     trigger_service,
     metrics_service,

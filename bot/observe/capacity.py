@@ -68,3 +68,18 @@ def outbox_owed_metrics(groups: list[dict[str, Any]]) -> Iterator[Any]:
         age.add_metric([sink], float(group.get("oldest_owed_age_s") or 0.0))
     yield owed
     yield age
+
+
+def outbox_behind_metric(groups: list[dict[str, Any]], behind: set[str]) -> Any:
+    """Per consumer group (sink): 1 when the last outbox retention pass found it owing a report
+    past BOT_OUTBOX_MAX_AGE or BOT_OUTBOX_MAX_LEN (`bot:outbox:behind`, bot/outbox/retention.py;
+    what it owes is kept, so it holds the outbox past its bounds), else 0."""
+    late = GaugeMetricFamily(
+        "bot_outbox_group_behind",
+        "1 when a sink owes reports past the outbox retention bounds.",
+        labels=["sink"],
+    )
+    for group in groups:
+        sink = str(group["group"])
+        late.add_metric([sink], 1 if sink in behind else 0)
+    return late

@@ -30,7 +30,12 @@ from prometheus_client.registry import Collector
 
 from bot.jobs.ports import AppPort
 from bot.observe.backlog import QueueBacklog, read_backlog
-from bot.observe.capacity import outbox_owed_metrics, queue_metrics, redis_memory_metrics
+from bot.observe.capacity import (
+    outbox_behind_metric,
+    outbox_owed_metrics,
+    queue_metrics,
+    redis_memory_metrics,
+)
 from bot.store.metrics_hash import DURATION_BUCKETS_S, SEP, duration_sum_field
 from config.celery_config import broker_transport_options
 
@@ -57,6 +62,7 @@ class Scrape:
     runs_running: int
     memory: dict[str, Any]
     owed: list[dict[str, Any]]
+    behind: set[str]
     backlog: list[QueueBacklog]
 
 
@@ -88,6 +94,7 @@ class WorkerCollector(Collector):
         yield from fleet_metrics(scrape.stats, scrape.outbox_len, scrape.dead_len)
         yield from pipeline_metrics(scrape.stats, scrape.runs_running)
         yield from outbox_owed_metrics(scrape.owed)
+        yield outbox_behind_metric(scrape.owed, scrape.behind)
         yield from redis_memory_metrics(scrape.memory)
         yield from queue_metrics(scrape.backlog)
 
@@ -104,7 +111,8 @@ class WorkerCollector(Collector):
         pipe.xlen(keys.outbox)
         pipe.xlen(keys.outbox_dead)
         pipe.zcard(keys.pipelines_running)
-        counts, record, in_flight, stats, outbox_len, dead_len, runs = pipe.execute()
+        pipe.hkeys(keys.outbox_behind)
+        counts, record, in_flight, stats, outbox_len, dead_len, runs, behind = pipe.execute()
         settings = self.app.settings
         backlog = read_backlog(
             client,
@@ -121,6 +129,7 @@ class WorkerCollector(Collector):
             runs_running=runs,
             memory=redis_memory(client),
             owed=self.outbox_owed(),
+            behind={str(group) for group in behind},
             backlog=backlog,
         )
 
@@ -188,6 +197,11 @@ def worker_metrics(record: dict[str, str], in_flight: int) -> Iterator[Any]:
         yield GaugeMetricFamily(
             "bot_heartbeat_age_seconds", "Seconds since the last heartbeat.", value=age_s
         )
+    yield GaugeMetricFamily(
+        "bot_redis_memory_guard",
+        "1 while Redis used memory is over BOT_REDIS_MEMORY_LIMIT_SHARE of maxmemory.",
+        value=1 if record.get("memory_guard") == "1" else 0,
+    )
     breakers = GaugeMetricFamily(
         "bot_breaker_state",
         "Circuit breaker state: 0 closed, 1 half-open, 2 open.",

@@ -1,5 +1,7 @@
 """The relay's knobs (`RelayConfig`): delivery bound, backoff, breaker, claim/touch/trim
-intervals, batch sizes; `from_settings` derives them from the BOT_* settings.
+intervals, retention bounds, batch sizes; `from_settings` derives them from the BOT_* settings
+(the retention bounds and trim interval are BOT_OUTBOX_MAX_AGE, BOT_OUTBOX_MAX_LEN and
+BOT_OUTBOX_TRIM_INTERVAL, the same the fleet's retention service uses).
 """
 
 from __future__ import annotations
@@ -7,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bot.outbox.stream import OUTBOX_MAX_AGE_S, OUTBOX_MAX_LEN
-from config.settings import Settings
+from config.settings import OUTBOX_MAX_AGE_S, OUTBOX_MAX_LEN, Settings
 
-#: Seconds between two retention trims by one relay.
+#: Seconds between two retention trims by one relay (BOT_OUTBOX_TRIM_INTERVAL's default).
 TRIM_INTERVAL_S = 60.0
 #: Entries read or retried per stream per pass.
 BATCH = 100
@@ -49,6 +50,9 @@ class RelayConfig:
             "claim_idle_ms": int((settings.lease_ttl_s + sink_timeout_s) * 1000),
             "claim_interval_s": settings.heartbeat_interval,
             "touch_interval_s": settings.heartbeat_interval,
+            "trim_interval_s": settings.outbox_trim_interval,
+            "max_age_s": settings.outbox_max_age,
+            "max_len": settings.outbox_max_len,
         }
         values.update(overrides)
         return cls(**values)

@@ -11,7 +11,8 @@ that group gets. This module owns what a sink does with the stream:
   (one script: XADD dead + XACK; no XDEL, other groups may still owe it);
 - `replay`: a dead entry goes back into delivery for the group that refused it, through that
   group's replay stream `bot:outbox:replay:{group}` (read by the same relay);
-- `stats` and `trim` (age/length retention that never drops what any group still owes).
+- `stats` and `trim` (age/length retention that never drops what any group still owes; run
+  by the fleet's retention service, bot/outbox/retention.py, and by each relay).
 
 Adding a sink in another service: create a group on the stream and read it like any Redis
 stream consumer (`XGROUP CREATE bot:outbox billing 0 MKSTREAM`, then `XREADGROUP GROUP billing
@@ -33,15 +34,15 @@ import redis
 
 from bot.store import scripts
 from bot.store.keys import Keys
+from config.settings import OUTBOX_MAX_AGE_S, OUTBOX_MAX_LEN
 
 #: The built-in HTTP sink's consumer group.
 HTTP_GROUP = "http"
-#: Retention: entries older than this (seconds) may be trimmed once no group owes them.
-OUTBOX_MAX_AGE_S = 7 * 24 * 3600.0
-#: Retention: at most this many entries are kept once no group owes the older ones.
-OUTBOX_MAX_LEN = 1_000_000
-#: At most this many entries are read per call when finding the length-based trim point.
+#: At most this many entries are read per step when finding the length-based trim point.
 TRIM_SCAN_MAX = 5_000
+#: Steps of one `trim` call: at most TRIM_MAX_STEPS x TRIM_SCAN_MAX entries trimmed by length
+#: per call (500,000: a pass a minute keeps up with ~8,000 reports/s).
+TRIM_MAX_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,26 @@ class PendingInfo:
     deliveries: int
 
 
+@dataclass(frozen=True)
+class Trimmed:
+    """What a trim did: how many entries went, its retention target (entries below it are
+    older than the age bound or beyond the length bound), and whether a group's floor held
+    the trim below that target (it owes an entry the bounds would drop)."""
+
+    count: int
+    target: tuple[int, int]
+    held: bool
+
+
 def id_ms(entry_id: str) -> int:
     """The millisecond time part of a stream id."""
     return int(entry_id.split("-", 1)[0])
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """A stream id 'ms-seq' as a tuple that orders as Redis orders ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _pending_info(row: dict[str, Any]) -> PendingInfo:
@@ -243,17 +261,43 @@ class Outbox:
         max_len: int = OUTBOX_MAX_LEN,
         now_ms: int | None = None,
     ) -> int:
-        """Trim to the age/length target, never past an entry some group still owes."""
-        stream = stream or self.stream
+        """Trim to the age/length target, never past an entry some group still owes; the
+        number of entries trimmed."""
+        return self.trim_to(
+            stream or self.stream, max_age_s=max_age_s, max_len=max_len, now_ms=now_ms
+        ).count
+
+    def trim_to(
+        self, stream: str, *, max_age_s: float, max_len: int, now_ms: int | None = None
+    ) -> Trimmed:
+        """Trim in steps (outbox_trim.lua; each step finds the length target in at most
+        TRIM_SCAN_MAX entries) until the target is reached, a group's floor holds the trim,
+        or TRIM_MAX_STEPS steps were made."""
         now = now_ms if now_ms is not None else int(time.time() * 1000)
+        count, target, held = 0, (0, 0), False
+        for _ in range(TRIM_MAX_STEPS):
+            target, exact = self._trim_target(stream, max_age_s, max_len, now)
+            reply: Any = self._trim(keys=[stream], args=[f"{target[0]}-{target[1]}"])
+            count += int(reply[0])
+            held = parse_id(str(reply[1])) < target
+            if exact or held or not int(reply[0]):
+                break
+        return Trimmed(count, target, held)
+
+    def _trim_target(
+        self, stream: str, max_age_s: float, max_len: int, now: int
+    ) -> tuple[tuple[int, int], bool]:
+        """The MINID the bounds ask for, and whether it is exact (the length target was found
+        within TRIM_SCAN_MAX entries; beyond, it is where the next step goes on from)."""
         target = max(now - int(max_age_s * 1000), 0), 0
         excess = int(self.client.xlen(stream)) - max_len
-        if excess > 0:
-            rows: Any = self.client.xrange(stream, "-", "+", min(excess, TRIM_SCAN_MAX))
-            last_ms, last_seq = (int(part) for part in rows[-1][0].split("-"))
-            target = max(target, (last_ms, last_seq + 1))
-        reply: Any = self._trim(keys=[stream], args=[f"{target[0]}-{target[1]}"])
-        return int(reply[0])
+        if excess <= 0:
+            return target, True
+        rows: Any = self.client.xrange(stream, "-", "+", min(excess, TRIM_SCAN_MAX))
+        if not rows:
+            return target, True
+        last_ms, last_seq = parse_id(rows[-1][0])
+        return max(target, (last_ms, last_seq + 1)), excess <= TRIM_SCAN_MAX
 
     def stats(self, now_ms: int | None = None) -> dict[str, Any]:
         """Length, per-group pending/unread/oldest owed age, dead count."""
@@ -305,6 +349,7 @@ class Outbox:
             "unread": int(unread),
             "owed": int(info["pending"]) + int(unread),
             "oldest_owed_age_s": round(max(0, now - id_ms(oldest)) / 1000, 3) if oldest else 0.0,
+            "oldest_owed_id": oldest,
             "last_delivered_id": last,
         }
 

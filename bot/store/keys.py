@@ -79,6 +79,17 @@ class Keys:
         """stream: dead reports `bot outbox replay` put back for one consumer group (sink)."""
         return f"{self.prefix}:outbox:replay:{group}"
 
+    @property
+    def outbox_behind(self) -> str:
+        """hash with a TTL: consumer group -> JSON of how far behind the retention bounds it
+        is (owed, oldest owed age, which bound); rewritten by each retention pass."""
+        return f"{self.prefix}:outbox:behind"
+
+    @property
+    def outbox_retention_lock(self) -> str:
+        """string with PX TTL: held by the one worker running the outbox retention pass."""
+        return f"{self.prefix}:outbox:retention:lock"
+
     def metrics(self, instance_id: str) -> str:
         """hash: that instance's job counters and duration buckets, for its /metrics."""
         return f"{self.prefix}:metrics:{instance_id}"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+import bot.outbox.stream as stream_module
 from bot.outbox.stream import Outbox, id_ms
 from bot.store.keys import Keys
 
@@ -218,6 +219,35 @@ def test_trim_without_groups_uses_the_target_only(box: Outbox, client: redis.Red
     append(client, 5)
     assert box.trim(max_len=2) == 3
     assert box.trim(stream=KEYS.outbox_replay("http")) == 0  # a stream that does not exist
+
+
+def test_trim_goes_past_the_scan_limit_in_steps(
+    box: Outbox, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 100 entries, a 10-entry bound and a length scan of at most 7 entries per step
+    monkeypatch.setattr(stream_module, "TRIM_SCAN_MAX", 7)
+    ids = append(client, 100)
+
+    done = box.trim_to(KEYS.outbox, max_age_s=3600, max_len=10)
+
+    # Then one call trimmed to the bound, in steps; no group held it
+    assert (done.count, done.held) == (90, False)
+    assert [e[0] for e in client.xrange(KEYS.outbox)] == ids[-10:]
+
+
+def test_trim_says_when_a_group_held_it_below_the_target(box: Outbox, client: redis.Redis) -> None:
+    box.ensure_group("slow")
+    ids = append(client, 30)
+    box.read_new(KEYS.outbox, "slow", "s", 5)  # owes all 30: 5 pending, 25 unread
+
+    done = box.trim_to(KEYS.outbox, max_age_s=3600, max_len=10)
+
+    # Then nothing went, and the trim says a group held it below its target: the entry just
+    # after the 20 beyond the bound
+    assert (done.count, done.held) == (0, True)
+    ms, seq = stream_module.parse_id(ids[19])
+    assert done.target == (ms, seq + 1)
+    assert client.xlen(KEYS.outbox) == 30
 
 
 def test_claim_stale_takes_a_dead_consumers_entries(box: Outbox, client: redis.Redis) -> None:

@@ -1,6 +1,7 @@
 """`bot outbox` (the real console script, against a real redis-server) prints what senders and
 receivers chose (job ids, group names, dead-letter reasons) escaped: no CR, LF, escape sequence
-or other control character reaches the operator's terminal raw."""
+or other control character reaches the operator's terminal raw; and it marks the groups the
+last retention pass found behind."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import pytest
 import redis
 
+from bot.outbox.retention import Bounds, Retention
+from bot.store.keys import Keys
 from tests.support.processes import run_bot
 
 pytestmark = pytest.mark.integration
@@ -60,3 +63,27 @@ def test_stats_and_replay_print_group_names_and_ids_escaped(
     assert (missing.returncode, missing.stderr) == (1, "bot: no dead report 0-1\n")
     assert malformed.returncode == 2, malformed.stderr
     assert malformed.stderr == "bot: not a dead report id: 0-1\\x0d\\x0areplayed all\\x1b[2J\n"
+
+
+def test_stats_mark_the_groups_behind_the_retention_bounds(
+    client: redis.Redis, env: dict[str, str]
+) -> None:
+    # Given "billing", which never reads, "http", which read everything, and 20 reports
+    client.xgroup_create("bot:outbox", "billing", id="0", mkstream=True)
+    client.xgroup_create("bot:outbox", "http", id="0")
+    for i in range(20):
+        client.xadd("bot:outbox", {"job_id": f"j{i}", "report": "{}"})
+    client.xreadgroup("http", "r", {"bot:outbox": ">"})
+    client.xack("bot:outbox", "http", *[e[0] for e in client.xrange("bot:outbox")])
+    Retention(client, Keys("bot"), Bounds(3600.0, 5, 10), interval_s=60.0).run_once()
+
+    as_json = json.loads(run_bot(env, "outbox", "--json").stdout)
+    text = run_bot(env, "outbox").stdout
+
+    groups = {g["group"]: g for g in as_json["groups"]}
+    assert (groups["billing"]["behind"], groups["billing"]["behind_bound"]) == (True, "length")
+    assert (groups["http"]["behind"], groups["http"]["owed"]) == (False, 0)
+    assert as_json["behind"] == ["billing"] and as_json["length"] == 20
+    (billing,) = [line for line in text.splitlines() if line.startswith("billing")]
+    assert billing.endswith("yes (length)")
+    assert "XGROUP DESTROY bot:outbox <group>" in text

@@ -1,6 +1,7 @@
 """Per-pass cost of the fleet machinery against a real redis-server, in round trips (issue 12,
 "Many workers"): a heartbeat is one, `bot fleet`'s read two, and a reaper pass the same few
-whether the fleet has 10 members or 200, and whether 1 or 50 of them died at once.
+whether the fleet has 10 members or 200, and whether 1 or 50 of them died at once; the memory
+guard one INFO per interval, and the outbox retention pass of a worker not holding its lock one.
 
 Round trips are counted on the client: every command or pipeline is one `send_packed_command`
 of a redis-py connection.
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 import redis
 
+from bot.fleet.memory_guard import MemoryGuard
 from bot.fleet.records import WorkerRecords
 from bot.fleet.simulation import SimulatedFleet
+from bot.outbox.retention import Bounds, Retention
 from bot.recovery.reaper import Reaper
 from bot.store import scripts
 from bot.store.keys import Keys
@@ -122,3 +125,16 @@ def test_a_reaper_pass_forgets_dead_members_in_a_fixed_number_of_round_trips(cou
     assert counting.zcard(KEYS.workers) == 200 - dead
     assert judge.counters.instances_reaped == dead
     assert counting.hget(KEYS.stats, "reaper_instances") == str(dead)
+
+
+def test_the_memory_guard_is_one_info_per_interval_however_often_it_is_asked(counting):
+    guard = MemoryGuard(0.9, 60.0)
+    assert round_trips(counting, lambda: [guard.check(counting) for _ in range(10)]) == 1
+
+
+def test_a_retention_pass_of_a_worker_not_holding_the_lock_is_one_round_trip(counting):
+    bounds = Bounds(3600.0, 10, 10)
+    holder, other = (Retention(counting, KEYS, bounds, interval_s=60.0) for _ in range(2))
+    assert holder.run_once() is True
+    counting.script_load(scripts.lua_source("hold_lock"))  # as after any earlier pass
+    assert round_trips(counting, other.run_once) == 1

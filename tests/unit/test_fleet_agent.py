@@ -244,3 +244,44 @@ def test_an_open_sink_breaker_degrades_and_its_closing_recovers(
     sink.record_success()
     agent.beat()
     assert agent.lifecycle.state is State.READY
+
+
+def test_redis_memory_over_the_limit_degrades_with_its_reason_and_recovers_when_freed(
+    client: redis.Redis, agent: FleetAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory = {"used_memory": 10, "maxmemory": 100}
+    monkeypatch.setattr(client, "info", lambda section: dict(memory), raising=False)
+    agent.memory_guard.min_interval_s = 0.0  # every beat reads INFO here
+    ready(agent)
+    assert (record(client, agent)["state"], record(client, agent)["memory_guard"]) == ("READY", "0")
+
+    memory["used_memory"] = 93
+    agent.beat()
+    assert agent.lifecycle.state is State.DEGRADED
+    agent.beat()  # in a worker the transition wakes the heartbeat thread for this write
+    rec = record(client, agent)
+    assert rec["state"] == "DEGRADED" and rec["memory_guard"] == "1"
+    assert rec["state_reason"] == "redis memory 93% of maxmemory (limit 90%)"
+
+    memory["used_memory"] = 89  # under the limit, not under its hysteresis: still degraded
+    agent.beat()
+    assert agent.lifecycle.state is State.DEGRADED
+    assert agent.lifecycle.reason == "redis memory 89% of maxmemory (limit 90%)"
+
+    memory["used_memory"] = 50
+    agent.beat()
+    assert agent.lifecycle.state is State.READY
+    agent.beat()
+    assert record(client, agent)["memory_guard"] == "0"
+
+
+def test_a_redis_without_maxmemory_never_degrades_for_memory(
+    client: redis.Redis, agent: FleetAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        client, "info", lambda section: {"used_memory": 10**12, "maxmemory": 0}, raising=False
+    )
+    agent.memory_guard.min_interval_s = 0.0
+    ready(agent)
+    agent.beat()
+    assert agent.lifecycle.state is State.READY

@@ -139,3 +139,19 @@ def test_since_follows_the_clock() -> None:
     machine.to(S.REGISTERING)
 
     assert machine.since == 105.0
+
+
+def test_the_reason_is_the_last_transitions_or_a_new_one_for_the_same_state() -> None:
+    lifecycle = Lifecycle()
+    for state in (S.REGISTERING, S.HEALTH_CHECK, S.READY):
+        lifecycle.to(state)
+    lifecycle.to(S.DEGRADED, "sink unreachable: sink:http")
+    assert lifecycle.reason == "sink unreachable: sink:http"
+
+    lifecycle.explain("redis memory 93% of maxmemory (limit 90%)")
+
+    assert lifecycle.state is S.DEGRADED
+    assert lifecycle.reason == "redis memory 93% of maxmemory (limit 90%)"
+    assert lifecycle.counts["READY->DEGRADED"] == 1  # no transition counted
+    lifecycle.to(S.READY, "healthy again")
+    assert lifecycle.reason == "healthy again"

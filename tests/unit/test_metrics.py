@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import urllib.request
 
-from bot.observe.metrics import breaker_levels, job_metrics, pipeline_metrics, serve
+from bot.observe.capacity import outbox_behind_metric
+from bot.observe.metrics import (
+    breaker_levels,
+    job_metrics,
+    pipeline_metrics,
+    serve,
+    worker_metrics,
+)
 from bot.store.metrics_hash import (
     UNKNOWN_OP,
     duration_bucket,
@@ -96,3 +103,22 @@ def test_pipeline_runs_by_state_and_running() -> None:
     assert {s.labels["state"]: s.value for s in ended.samples} == {"succeeded": 7, "failed": 2}
     assert ended.samples[0].name == "bot_pipeline_runs_total"
     assert (running.name, running.samples[0].value) == ("bot_pipeline_runs_running", 3)
+
+
+def test_a_group_behind_the_retention_bounds_is_1_the_others_0() -> None:
+    groups = [{"group": "http", "owed": 0}, {"group": "billing", "owed": 3}]
+
+    family = outbox_behind_metric(groups, {"billing", "gone-group"})
+
+    assert family.name == "bot_outbox_group_behind"
+    assert {s.labels["sink"]: s.value for s in family.samples} == {"http": 0, "billing": 1}
+
+
+def test_the_memory_guard_gauge_follows_the_worker_record() -> None:
+    def guard(record: dict[str, str]) -> float:
+        (family,) = [f for f in worker_metrics(record, 0) if f.name == "bot_redis_memory_guard"]
+        return float(family.samples[0].value)
+
+    assert guard({"state": "DEGRADED", "memory_guard": "1"}) == 1
+    assert guard({"state": "READY", "memory_guard": "0"}) == 0
+    assert guard({"state": "READY"}) == 0  # a worker of an older version

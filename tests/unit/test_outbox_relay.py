@@ -256,3 +256,13 @@ def test_a_rejection_answering_a_half_open_trial_closes_the_breaker(
     append(client, "next")
     relay.run_once()
     assert sink.calls == ["down", "down", "next"]
+
+
+def test_the_relays_trim_takes_the_retention_settings() -> None:
+    from config.settings import Settings
+
+    settings = Settings(outbox_max_age=120, outbox_max_len=50, outbox_trim_interval=7)
+    config = RelayConfig.from_settings(settings, sink_timeout_s=8.0)
+
+    assert (config.max_age_s, config.max_len, config.trim_interval_s) == (120.0, 50, 7.0)
+    assert (RelayConfig().max_age_s, RelayConfig().max_len) == (86400.0, 1_000_000)

@@ -162,3 +162,49 @@ def test_rediss_with_ssl_cert_reqs_is_accepted(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("BOT_RESULT_URL", url)
     settings = load_settings()
     assert settings.redis_url == settings.result_backend_url == url
+
+
+def test_retention_and_memory_guard_defaults() -> None:
+    settings = load_settings()
+    assert settings.outbox_max_age == 86400.0  # a day of history ...
+    assert settings.outbox_max_len == 1_000_000  # ... or the last million reports (~0.5 GB)
+    assert settings.outbox_dead_max_len == 100_000
+    assert settings.outbox_trim_interval == 60.0
+    assert settings.redis_memory_limit_share == 0.9
+
+
+def test_retention_and_memory_guard_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_OUTBOX_MAX_AGE", "3600")
+    monkeypatch.setenv("BOT_OUTBOX_MAX_LEN", "5000")
+    monkeypatch.setenv("BOT_OUTBOX_DEAD_MAX_LEN", "0")  # keep every dead letter
+    monkeypatch.setenv("BOT_OUTBOX_TRIM_INTERVAL", "0.5")
+    monkeypatch.setenv("BOT_REDIS_MEMORY_LIMIT_SHARE", "1")
+    settings = load_settings()
+    assert (settings.outbox_max_age, settings.outbox_max_len) == (3600.0, 5000)
+    assert (settings.outbox_dead_max_len, settings.outbox_trim_interval) == (0, 0.5)
+    assert settings.redis_memory_limit_share == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("BOT_OUTBOX_MAX_AGE", "0", "BOT_OUTBOX_MAX_AGE: Input should be greater than 0"),
+        ("BOT_OUTBOX_MAX_AGE", "a day", "BOT_OUTBOX_MAX_AGE: Input should be a valid number"),
+        ("BOT_OUTBOX_MAX_LEN", "0", "BOT_OUTBOX_MAX_LEN: Input should be greater than or equal"),
+        ("BOT_OUTBOX_MAX_LEN", "1e6", "BOT_OUTBOX_MAX_LEN: Input should be a valid integer"),
+        ("BOT_OUTBOX_DEAD_MAX_LEN", "-1", "BOT_OUTBOX_DEAD_MAX_LEN: Input should be greater"),
+        ("BOT_OUTBOX_TRIM_INTERVAL", "0", "BOT_OUTBOX_TRIM_INTERVAL: Input should be greater"),
+        ("BOT_REDIS_MEMORY_LIMIT_SHARE", "0", "BOT_REDIS_MEMORY_LIMIT_SHARE: Input should be"),
+        ("BOT_REDIS_MEMORY_LIMIT_SHARE", "1.5", "BOT_REDIS_MEMORY_LIMIT_SHARE: Input should be"),
+        ("BOT_REDIS_MEMORY_LIMIT_SHARE", "90%", "BOT_REDIS_MEMORY_LIMIT_SHARE: Input should be"),
+    ],
+)
+def test_bad_retention_or_memory_guard_value_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert expected in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert raised.value.code == 2
