@@ -5,8 +5,8 @@ for `--minutes` (default 20; `SOAK_MINUTES`), with faults, sampled every `--samp
 The fleet (bench/soak_fleet.py): a private redis-server (AOF, noeviction), two real prefork
 `celery -A bot worker -c 2`, one standalone relay (`python -m bot.cli.relay`) delivering every
 report to a loopback HTTP sink in this process, which counts each job id. Short retention: job
-records live 120 s after their end (and, once config/settings.py knows them, Celery results
-and the outbox are bounded too: soak_fleet.PENDING_RETENTION).
+records and Celery results live 120 s after their end, the outbox keeps 120 s or 50,000
+reports (trimmed by the workers' retention pass): soak_fleet.SOAK_SETTINGS.
 
 1. Capacity: a flood of `flaky` jobs (5 ms of work each, never failing; bench/soak_load.py)
    for 30 s, keeping a backlog of 1,000; reports reaching the sink per second over the last
@@ -48,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleet_bench import write_doc
-from bench.soak_fleet import WORKERS, SoakFleet, retention_settings
+from bench.soak_fleet import WORKERS, SoakFleet
 from bench.soak_load import OP, PAYLOAD, Producer, make_app
 from bench.soak_report import Accounting, Event, Sample, SoakRun, fill_latencies, plot, report
 from tests.support.processes import REPO_ROOT
@@ -207,7 +207,6 @@ def soak(fleet: SoakFleet, args: argparse.Namespace, workdir: Path) -> SoakRun:
         sample_s=args.sample,
         workers=list(WORKERS),
         settings=dict(fleet.settings),
-        pending=retention_settings()[1],
         capacity=capacity,
         rate=rate,
         op=f"{OP} {PAYLOAD}",

@@ -30,17 +30,13 @@ from tests.support.relay_process import RelayProcess
 
 #: The fleet's settings (every process, the producer too): the e2e tests' FAST_FLEET timings
 #: (heartbeat 0.5 s, so lease TTL 1.5 s; retry backoff 0.05-0.2 s; sink breaker 3 failures /
-#: 1 s), a reaper pass every second, and job records kept 120 s after their end.
+#: 1 s), a reaper pass every second, and short retention so Redis memory levels off within the
+#: run: job records and Celery results kept 120 s after their end, the outbox trimmed to 120 s
+#: or 50,000 reports (each BOT_OUTBOX_TRIM_INTERVAL, 60 s).
 SOAK_SETTINGS = {
     **FAST_FLEET,
     "BOT_REAPER_INTERVAL": "1",
     "BOT_JOB_TTL": "120",
-}
-#: Retention settings being added in parallel (Celery result lifetime; outbox age and length
-#: bounds, trimmed by a fleet service). config/settings.py rejects an unknown BOT_* variable,
-#: so each is passed only once Settings has its field (`retention_settings`); the doc lists
-#: the ones left out.
-PENDING_RETENTION = {
     "BOT_RESULT_TTL": "120",
     "BOT_OUTBOX_MAX_AGE": "120",
     "BOT_OUTBOX_MAX_LEN": "50000",
@@ -50,19 +46,6 @@ PENDING_RETENTION = {
 REDIS_ARGS = ["--appendfsync", "everysec", "--maxmemory", "1gb"]
 WORKERS = ("soak-w1", "soak-w2")
 CONCURRENCY = 2
-
-
-def retention_settings() -> tuple[dict[str, str], list[str]]:
-    """The PENDING_RETENTION values Settings knows, and the names it does not know (yet)."""
-    from config.settings import Settings
-
-    known = {"BOT_" + name.upper() for name in Settings.model_fields}
-    applied = {k: v for k, v in PENDING_RETENTION.items() if k in known}
-    return applied, sorted(set(PENDING_RETENTION) - set(applied))
-
-
-def fleet_settings() -> dict[str, str]:
-    return {**SOAK_SETTINGS, **retention_settings()[0]}
 
 
 class CountingSink(Receiver):
@@ -118,7 +101,7 @@ class SoakFleet:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.settings = fleet_settings()
+        self.settings = dict(SOAK_SETTINGS)
         self.outbox_key = Keys(self.settings.get("BOT_KEY_PREFIX", "bot")).outbox
         self.server = RedisServer(workdir / "redis", appendonly=True)
         self.server.extra_args = list(REDIS_ARGS)

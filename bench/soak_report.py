@@ -74,7 +74,6 @@ class SoakRun:
     sample_s: float
     workers: list[str]
     settings: dict[str, str]
-    pending: list[str]
     capacity: float
     rate: float
     op: str
@@ -249,14 +248,12 @@ def accounting_lines(acc: Accounting) -> list[str]:
 
 def settings_lines(run: SoakRun) -> list[str]:
     env = ", ".join(f"`{k}={v}`" for k, v in run.settings.items())
-    pending = ", ".join(f"`{name}`" for name in run.pending) or "none"
     faults = "; ".join(f"{e.t:.0f} s {e.label}" for e in run.events) or "none"
     return [
         f"- fleet: {len(run.workers)} `celery -A bot worker -c 2` (prefork), one "
         "`python -m bot.cli.relay` to a loopback HTTP sink (answers 200), a private "
         "redis-server (AOF, appendfsync everysec, noeviction, maxmemory 1gb)",
         f"- settings: {env}",
-        f"- retention settings not known to config/settings.py yet (not passed): {pending}",
         f"- job: `{run.op}`; capacity measured {run.capacity:,.0f} jobs/s (flood, 30 s); "
         f"offered {run.rate:,.0f} jobs/s ({run.rate / run.capacity:.0%}) from one thread",
         f"- faults (s since steady load began): {faults}",

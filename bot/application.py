@@ -52,6 +52,21 @@ class BotApp(Celery):
         #: DEFAULT_SERVICES of bot/fleet/services.py when the worker starts.
         self.fleet_services: Sequence[Callable[[Any], Any]] | None = None
 
+    def _get_backend(self) -> Any:
+        """Celery's result backend for this thread, which does not subscribe to a task's result
+        channel when the task is sent (`on_task_call`). Observed with Celery 5.7's Redis backend
+        (pinned by tests/integration/test_result_subscriptions.py): every `send_task` of a
+        client subscribes its pubsub connection to the task's channel, and the AsyncResult
+        dropped right after unsubscribes; nobody reads that connection unless `get()` waits
+        on it, so Redis buffers each (un)subscribe reply and every result published there
+        for it, up to the pubsub output-buffer limit (32 MB; a soak's submitter held 45 MB of
+        Redis that way), then drops the connection. `get()` still works: it subscribes when
+        it waits, then reads the stored result, so a result that was published before is not
+        missed (Celery's `on_wait_for_pending`)."""
+        backend = super()._get_backend()
+        backend.on_task_call = _subscribe_when_waited_for
+        return backend
+
     def redis(self) -> redis.Redis:
         """This process's client for bot's own keys (a forked pool child makes its own)."""
         return self._bot_connection()[1]
@@ -73,6 +88,10 @@ class BotApp(Celery):
             )
             self._bot_redis = current
         return current
+
+
+def _subscribe_when_waited_for(producer: Any, task_id: str) -> None:
+    """`on_task_call` of bot's result backend: nothing at send time (`BotApp._get_backend`)."""
 
 
 #: Milliseconds in a second (WAIT takes its timeout in ms).
