@@ -48,6 +48,8 @@ def test_compose_file_runs_redis_with_aof_noeviction_and_a_required_password() -
     redis_command = compose_services()["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     assert redis_command[redis_command.index("--maxmemory-policy") + 1] == "noeviction"
+    # a ceiling, or the memory guard (BOT_REDIS_MEMORY_LIMIT_SHARE) is off
+    assert redis_command[redis_command.index("--maxmemory") + 1].startswith("${REDIS_MAXMEMORY:-")
     assert redis_command[redis_command.index("--requirepass") + 1].startswith(REDIS_PASSWORD)
 
 
