@@ -145,7 +145,9 @@ class InboxReads(kombu_redis.Channel):
         try:
             reply = self._read_reply(sent, **options)
             if not reply:
-                self._inbox_idle = True
+                # a take that found nothing waits next; a wait that timed out looks at every
+                # list again (it watched only the first of them)
+                self._inbox_idle = sent.command == "EVAL"
                 raise Empty()
             self._inbox_idle = False
             source, raw = self._taken(sent, reply)

@@ -251,3 +251,41 @@ def test_the_key_prefix_option_names_the_inboxes(
         assert client.hlen("unacked") == 1
         assert client.smembers(registry_key("other", fleet_worker)) >= {"inbox-test"}
         assert not client.exists(registry_key("bot", fleet_worker))
+
+
+OTHER = Queue("inbox-other", Exchange("inbox-other"), "inbox-other")
+
+
+@pytest.mark.parametrize("priority", [0, 9])
+def test_an_idle_worker_of_two_queues_gets_a_message_of_the_second(
+    private_redis: RedisServer, fleet_worker: str, priority: int
+) -> None:
+    # Given a worker consuming two queues, idle (its waits watch the first queue's list)
+    received: list[Any] = []
+    with (
+        Connection(private_redis.url(), transport=TRANSPORT) as conn,
+        conn.Consumer(
+            [QUEUE, OTHER],
+            callbacks=[lambda body, m: (received.append(body), m.ack())],
+            accept=["json"],
+        ),
+    ):
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=1.5)  # a take found nothing, then waits timed out
+
+        # When a message arrives on the second queue (at a priority: its own sub-list)
+        with Connection(private_redis.url(), transport=TRANSPORT) as producer_conn:
+            producer_conn.Producer(serializer="json").publish(
+                {"n": 42},
+                exchange=OTHER.exchange,
+                routing_key="inbox-other",
+                declare=[OTHER],
+                priority=priority,
+            )
+
+        # Then it is delivered within a few waits
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=1)
+    assert received == [{"n": 42}]
