@@ -60,6 +60,15 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class Reads:
+    """The commands that read one order of the channel's lists."""
+
+    sources: tuple[str, ...]  # the lists, as kombu names them (unprefixed)
+    take_args: list[Any]  # EVAL inbox_pop.lua over all of them
+    wait_args: list[Any]  # BLMOVE from the first, without its timeout
+
+
+@dataclass(frozen=True)
 class Taken:
     """A message moved into an inbox and not yet recorded as unacked."""
 
@@ -72,6 +81,7 @@ class InboxReads(kombu_redis.Channel):
 
     _inbox_sent: Sent | None = None
     _inbox_idle = False
+    _inbox_reads: dict[tuple[str, ...], Reads] | None = None
     #: Set while a taken message is being delivered; `QoS.append` records and clears it.
     inbox_taken: Taken | None = None
 
@@ -120,23 +130,38 @@ class InboxReads(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return None
-        sources = self._sources(queues)
+        reads = self._reads(owner, tuple(queues))
         if self._inbox_idle:
             wait = (timeout if timeout is not None else self.brpop_timeout) or 0
-            if len(sources) > 1:
+            if len(reads.sources) > 1:
                 wait = min(wait, MULTI_LIST_WAIT_S) if wait else MULTI_LIST_WAIT_S
-            first = sources[0]
-            args: list[Any] = ["BLMOVE", self._p(first), self._inbox(owner, first), "RIGHT"]
-            args += ["LEFT", wait]
-            self._inbox_sent = Sent("BLMOVE", (first,))
+            args: list[Any] = [*reads.wait_args, wait]
+            self._inbox_sent = Sent("BLMOVE", reads.sources[:1])
         else:
-            inboxes = [self._inbox(owner, source) for source in sources]
-            args = pop_args([self._p(s) for s in sources], inboxes)
-            self._inbox_sent = Sent("EVAL", tuple(sources))
+            args = reads.take_args
+            self._inbox_sent = Sent("EVAL", reads.sources)
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu's None default
         self.client.connection.send_command(*args)
         return None
+
+    def _reads(self, owner: str, queues: tuple[str, ...]) -> Reads:
+        """The take and wait commands for `queues` in this order (one per rotation of kombu's
+        fair cycle), built once: they are sent for every message."""
+        if self._inbox_reads is None:
+            self._inbox_reads = {}
+        reads = self._inbox_reads.get(queues)
+        if reads is None:
+            sources = self._sources(list(queues))
+            inboxes = [self._inbox(owner, source) for source in sources]
+            listed = [self._p(source) for source in sources]
+            reads = Reads(
+                tuple(sources),
+                pop_args(listed, inboxes),
+                ["BLMOVE", listed[0], inboxes[0], "RIGHT", "LEFT"],
+            )
+            self._inbox_reads[queues] = reads
+        return reads
 
     def _brpop_read(self, **options: Any) -> Any:
         sent, self._inbox_sent = self._inbox_sent, None
