@@ -46,6 +46,7 @@ from bot.base.exits import EXIT_USAGE
 from bot.fleet.identity import resolve_identity
 from bot.fleet.membership import FleetAgent
 from bot.fleet.services import DEFAULT_SERVICES, FleetContext, Service, ServiceFactory
+from bot.recovery.requeue import BrokerRequeue
 from bot.runtime.process import RUNTIME
 from config.logging_setup import LogContext
 
@@ -122,7 +123,13 @@ class FleetStep(bootsteps.StartStopStep):
         self.leave("cold shutdown")
 
     def leave(self, how: str) -> None:
-        self.agent.finish(how, self._stop_services)
+        self.agent.finish(how, self._before_leaving)
+
+    def _before_leaving(self) -> None:
+        """Between the heartbeat's last round and deregistration: services stop, and what
+        this worker's inboxes hold goes back to its queues (`return_own_inboxes`)."""
+        self._stop_services()
+        return_own_inboxes(self.agent.app, self.agent.identity.instance_id)
 
     def _stop_services(self) -> None:
         for service in reversed(self.services):
@@ -131,6 +138,23 @@ class FleetStep(bootsteps.StartStopStep):
             except Exception:
                 logger.exception("service %r failed to stop", service)
         self.services.clear()
+
+
+def return_own_inboxes(app: Any, instance_id: str) -> None:
+    """Messages this worker took into its inboxes and never recorded (bot/broker/inbox.py: a
+    reply lost just before shutdown) go back to their queues, and its set of inboxes goes:
+    after a clean exit no reaper would ever look at them. With Redis away, both stay; the
+    lease then expires (deregistration fails too) and the reaper returns them."""
+    requeue = BrokerRequeue(app)
+    try:
+        moved = requeue.return_inboxes(instance_id)
+    except Exception as exc:  # any broker error: leaving must go on
+        logger.warning("inboxes not returned before leaving (%s); the reaper will", exc)
+        return
+    finally:
+        requeue.reset()
+    if moved:
+        logger.warning("returned %d message(s) from this worker's inbox before leaving", moved)
 
 
 #: The step of this process's worker (one worker per process; set in the step's __init__).

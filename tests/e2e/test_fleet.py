@@ -21,6 +21,7 @@ import redis
 
 from bot.application import BotApp, create_app
 from bot.client import Client
+from bot.store.inbox import registry_key
 from bot.store.keys import KOMBU_UNACKED_INDEX, Keys
 from tests.support.processes import WorkerProcess, bot_env, run_bot, wait_for
 from tests.support.redis_server import RedisServer, free_port
@@ -65,7 +66,9 @@ def wait_state(client: redis.Redis, instance_id: str, state: str, timeout_s: flo
 
 
 def gone(client: redis.Redis, instance_id: str) -> bool:
-    return client.exists(KEYS.worker(instance_id), KEYS.lease(instance_id)) == 0
+    """Record, lease and set of inboxes (bot/broker/inbox.py) all gone."""
+    inboxes = registry_key(KEYS.prefix, instance_id)
+    return client.exists(KEYS.worker(instance_id), KEYS.lease(instance_id), inboxes) == 0
 
 
 def line_index(log: str, pattern: str) -> int:
