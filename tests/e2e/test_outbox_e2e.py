@@ -173,16 +173,19 @@ def test_a_relay_killed_mid_delivery_has_its_entries_claimed_by_another(
     receiver: Receiver,
     relay_env: dict[str, str],
 ) -> None:
-    # Given a slow receiver, one relay, and 30 reports
-    receiver.delay_s = 0.2
+    # Given a receiver that holds its first answer, one relay, and 30 reports
+    receiver.delay_s = 5.0
     workers("w1", extra_env=FAST_FLEET)
     doomed = relays("doomed")
     client = Client(create_app(make_settings()))
     job_ids = {client.submit("sum", {"a": i, "b": 1}).job_id for i in range(30)}
-    wait_for(lambda: receiver.requests, 30, "a first delivery")
+    wait_for(lambda: receiver.arrivals, 30, "a first POST")
 
-    # When it is kill -9'd mid-delivery (its pending list stays) and another relay runs
+    # When it is kill -9'd mid-delivery (its POST unanswered: the entry stays in its pending
+    # list; a 0.2 s answer let a loaded machine's relay ack it and wait idle for the next
+    # report, owing nothing, before the kill) and another relay runs
     doomed.kill()
+    receiver.delay_s = 0.2
     assert len(receiver.accepted()) < 30
     rescuer = relays("rescuer")
 

@@ -7,6 +7,7 @@ was really sent counted in `sent_bytes`), or the whole answer trickled one byte 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -38,6 +39,7 @@ class Receiver:
         self.trickle_s = 0.0
         self.trickle_body_only = False
         self.delay_s = 0.0
+        self.arrivals: list[str] = []  # job ids as requests arrive, before any wait
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -55,6 +57,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with contextlib.suppress(ValueError, AttributeError):
+                    receiver.arrivals.append(str(json.loads(body).get("job_id")))
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)
                 status = receiver._record(self.headers, body)
