@@ -48,6 +48,10 @@ CommaList = Annotated[list[str], NoDecode]
 #: whole day. Entries a consumer group still owes are kept past both (README, "Outbox retention").
 OUTBOX_MAX_AGE_S = 24 * 3600.0
 OUTBOX_MAX_LEN = 1_000_000
+#: BOT_REPORT_CONCURRENCY's default and BOT_REPORT_BATCH's upper bound (a batch's answer names
+#: what it accepted: a thousand keys fit the answer size the sink reads).
+REPORT_CONCURRENCY = 16
+REPORT_BATCH_MAX = 1000
 #: BOT_OUTBOX_DEAD_MAX_LEN's default: dead letters are kept (by count only, never by age) until
 #: replayed; beyond this many the oldest are dropped with a warning (tens of MB of reports).
 OUTBOX_DEAD_MAX_LEN = 100_000
@@ -97,6 +101,14 @@ class Settings(BaseSettings):
     breaker_timeout: float = Field(30.0, gt=0)
     report_url: str | None = None
     report_token: SecretStr | None = None
+    #: POSTs each relay keeps in flight to BOT_REPORT_URL (one connection each, kept alive).
+    #: 16: at a 5 ms sink it allows 3,200 reports/s, above what one relay's CPU delivers
+    #: (docs/benchmarks.md), so more would buy no speed there, only more reports re-sent when a
+    #: relay is killed (at most this many) and more connections on the sink per worker.
+    report_concurrency: int = Field(REPORT_CONCURRENCY, ge=1, le=256)
+    #: Reports per POST, as one JSON array (0: one report per POST, the report as the body).
+    #: Only for a sink that takes arrays; README "Batch delivery" says the answer it gives.
+    report_batch: int = Field(0, ge=0, le=REPORT_BATCH_MAX)
     outbox_max_deliveries: int = Field(10, ge=1)
     #: Seconds an acked report is kept in `bot:outbox` (and the replay streams).
     outbox_max_age: float = Field(OUTBOX_MAX_AGE_S, gt=0)

@@ -14,6 +14,12 @@ deadline: one wall-clock limit on the whole request, `bot.outbox.http_deadline`)
 attempt. At most `MAX_RESPONSE_BYTES` of a response body are read, streamed, and only to quote
 the start of a rejection in its reason. The token is never logged nor put in an
 error message; sending it over plain http:// is warned about once, at start.
+
+The sink is used from several threads at once (the relay keeps BOT_REPORT_CONCURRENCY POSTs in
+flight, bot/outbox/window.py): httpx's client and its connection pool are thread safe, the pool
+keeps as many connections alive as there are POSTs in flight, and the deadline of each POST
+belongs to the thread making it. With BOT_REPORT_BATCH, `deliver_batch` POSTs a JSON array of
+reports and reads which of them the sink took from its answer (bot/outbox/batch.py).
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import logging
 import re
 import time
 import urllib.request
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from bot.jobs.envelope import printable
-from bot.outbox.delivery import DeliveryFailed, DeliveryRejected
+from bot.outbox.batch import encode_batch, read_answer
+from bot.outbox.delivery import BatchAnswer, DeliveryFailed, DeliveryRejected
 from bot.outbox.http_deadline import DeadlineTransport
 from bot.outbox.stream import HTTP_GROUP
 from config.settings import Settings
@@ -42,6 +50,9 @@ READ_TIMEOUT_S = 5.0
 #: At most this much of a response body is read; the rest is never pulled off the socket
 #: (httpcore reads 64 KiB at a time, so the socket may give up to one read more).
 MAX_RESPONSE_BYTES = 64 * 1024
+#: A batch's answer may be longer by this much per report (its `accepted` list names keys of
+#: up to MAX_KEY_CHARS characters, and `rejected` a reason each).
+BATCH_ANSWER_BYTES_PER_REPORT = 2 * 1024
 #: A rejection's reason quotes at most this many characters of the receiver's answer.
 REASON_BODY_CHARS = 200
 #: Longest Idempotency-Key sent. A longer job id is rejected here rather than left to the
@@ -137,6 +148,7 @@ class HttpSink:
         read_timeout_s: float = READ_TIMEOUT_S,
         deadline_s: float | None = None,
         transport: httpx.BaseTransport | None = None,
+        connections: int = 1,
     ) -> None:
         self.name = name
         if token is not None and not _HEADER_VALUE.fullmatch(token):
@@ -158,7 +170,11 @@ class HttpSink:
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._deadline = DeadlineTransport(proxy=env_proxy(url)) if transport is None else None
+        # As many kept-alive connections as POSTs in flight: none waits for a pool slot.
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._deadline = (
+            DeadlineTransport(proxy=env_proxy(url), limits=limits) if transport is None else None
+        )
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
@@ -171,16 +187,36 @@ class HttpSink:
         if not settings.report_url:
             raise ValueError("BOT_REPORT_URL is not set")
         token = settings.report_token.get_secret_value() if settings.report_token else None
-        return cls(settings.report_url, token)
+        return cls(settings.report_url, token, connections=settings.report_concurrency)
 
     def check(self, job_id: str, report_json: str) -> None:
         encode_request(job_id, report_json)
 
     def deliver(self, job_id: str, report_json: str) -> None:
         body = encode_request(job_id, report_json)
+        status, answer, encoded = self._exchange(body, {"Idempotency-Key": job_id})
+        judge(status, answer, encoded)
+
+    def deliver_batch(self, items: Sequence[tuple[str, str]]) -> BatchAnswer:
+        """POST the reports as one JSON array; which of them the 2xx answer accepted."""
+        for job_id, report_json in items:  # the same reports a single POST could carry
+            encode_request(job_id, report_json)
+        body = encode_batch([report_json for _, report_json in items])
+        limit = MAX_RESPONSE_BYTES + BATCH_ANSWER_BYTES_PER_REPORT * len(items)
+        headers = {"Accept-Encoding": "identity"}  # the answer is read, not only its status
+        status, answer, encoded = self._exchange(body, headers, limit)
+        judge(status, answer, encoded)
+        if encoded and answer.strip():
+            raise DeliveryFailed("a content-encoded batch answer (asked for identity)")
+        return read_answer(answer)
+
+    def _exchange(
+        self, body: bytes, headers: dict[str, str], limit: int = MAX_RESPONSE_BYTES
+    ) -> tuple[int, bytes, bool]:
+        """POST `body`; status, answer and whether it is encoded, or the delivery error."""
         deadline = time.monotonic() + self.timeout_s
         try:
-            status, answer, encoded = self._post(job_id, body, deadline)
+            return self._post(body, headers, deadline, limit)
         except httpx.LocalProtocolError:
             # h11 refused to write the request (nothing was sent): about this report, the only
             # part not checked at start. Its message may quote headers: not repeated.
@@ -194,19 +230,18 @@ class HttpSink:
         except httpx.HTTPError as exc:
             # str(exc) of httpx names the URL at most, never the request headers (the token).
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
-        judge(status, answer, encoded)
 
-    def _post(self, job_id: str, body: bytes, deadline: float) -> tuple[int, bytes, bool]:
-        """Status, at most MAX_RESPONSE_BYTES of the body, and whether it is content-encoded;
+    def _post(
+        self, body: bytes, headers: dict[str, str], deadline: float, limit: int
+    ) -> tuple[int, bytes, bool]:
+        """Status, at most `limit` bytes of the body, and whether it is content-encoded;
         every socket operation ends by `deadline`."""
         with (
             self._until(deadline),
-            self._client.stream(
-                "POST", self.url, content=body, headers={"Idempotency-Key": job_id}
-            ) as response,
+            self._client.stream("POST", self.url, content=body, headers=headers) as response,
         ):
             encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-            return response.status_code, read_capped(response), encoded
+            return response.status_code, read_capped(response, limit), encoded
 
     def _until(self, deadline: float) -> contextlib.AbstractContextManager[None]:
         if self._deadline is None:  # an injected transport (tests): no deadline to clamp to
