@@ -168,8 +168,7 @@ class Relay:
         due: list[Entry] = []
         for info in pending:
             # Open: wait. Half-open: one trial only (XCLAIM would count a delivery not made).
-            state = self.breaker.state
-            if state is BreakerState.OPEN or (state is not BreakerState.CLOSED and due):
+            if self._held_back() or (self.breaker.state is not BreakerState.CLOSED and due):
                 break
             if held(info.id) or deliveries.is_waiting(stream, info.id):
                 continue
@@ -195,12 +194,19 @@ class Relay:
         return self.deliveries.deliver(entries)
 
     def _read_new(self, stream: str, block_ms: int | None) -> int:
-        state = self.breaker.state
-        if state is BreakerState.OPEN:
+        if self._held_back():
             return 0
-        count = 1 if state is BreakerState.HALF_OPEN else self._read_count()
+        count = 1 if self.breaker.state is BreakerState.HALF_OPEN else self._read_count()
         entries = self.outbox.read_new(stream, self.group, self.consumer, count, block_ms or None)
         return self.deliveries.deliver(entries)
+
+    def _held_back(self) -> bool:
+        """Whether the breaker lets no delivery start now: open, or half-open with a call in
+        flight (its trial, which may outlast this pass)."""
+        state = self.breaker.state
+        return state is BreakerState.OPEN or (
+            state is BreakerState.HALF_OPEN and self.deliveries.window.busy > 0
+        )
 
     def _read_count(self) -> int:
         """Entries read per stream per pass: a batch, and enough to fill the window."""

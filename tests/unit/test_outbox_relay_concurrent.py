@@ -213,7 +213,7 @@ def test_a_half_open_breaker_lets_one_call_through_however_wide_the_window(
 ) -> None:
     sink, clock = GatedSink(), Clock()
     relay = make_relay(client, sink, clock, made, concurrency=8, breaker_threshold=2)
-    append(client, "a", "b")
+    ids = append(client, "a", "b")
     sink.fail.update({"a", "b"})
     sink.release("a", "b")
     relay.run_once()
@@ -222,17 +222,25 @@ def test_a_half_open_breaker_lets_one_call_through_however_wide_the_window(
 
     # When the breaker turns half-open with 2 owed and 5 new reports
     clock.now += 31
-    append(client, "c", "d", "e", "f", "g")
+    ids.update(append(client, "c", "d", "e", "f", "g"))
     sink.fail.clear()
     for _ in range(3):
         relay.run_once()
 
-    # Then exactly one call is in flight
+    # Then exactly one call is in flight, and while it is, no other entry is taken (XCLAIM
+    # would count a delivery never made) nor read
     assert relay.deliveries.window.busy == 1
-    assert len(sink.started) == 3
-    sink.release(sink.started[-1])
+    assert sink.started == ["a", "b", "a"]
+    owed = {p.id: p.deliveries for p in Outbox(client, KEYS).pending(KEYS.outbox, "http", 100)}
+    assert owed == {ids["a"]: 2, ids["b"]: 1}
+
+    # When the trial succeeds, the breaker closes and everything is delivered
+    sink.release("a")
     settle_until(relay, sink, 3)
     assert relay.breaker.state is BreakerState.CLOSED
+    sink.release("b", "c", "d", "e", "f", "g")
+    settle_until(relay, sink, 9)
+    assert pending_jobs(client, ids) == set()
 
 
 def test_stopping_settles_the_calls_in_flight_and_acks_what_they_delivered(
