@@ -10,16 +10,19 @@ The HTTP sink POSTs the report JSON with `Authorization: Bearer <BOT_REPORT_TOKE
 produce (a relay killed between the POST and its XACK). Its answer is judged by status alone:
 2xx is delivered; a 4xx about the report (400, 409, 413, 422, 431 ...) rejects it; anything
 else (a 5xx, a 4xx about the sink itself such as 401 or 404, a transport error, the overall
-deadline: one wall-clock limit on the whole request, `bot.outbox.http_deadline`) is a failed
-attempt. At most `MAX_RESPONSE_BYTES` of a response body are read, streamed, and only to quote
-the start of a rejection in its reason. The token is never logged nor put in an
-error message; sending it over plain http:// is warned about once, at start.
+deadline: one wall-clock limit on the whole request) is a failed attempt. At most
+`MAX_RESPONSE_BYTES` of a response body are read, and only to quote the start of a rejection
+in its reason. The token is never logged nor put in an error message; sending it over plain
+http:// is warned about once, at start.
 
-The sink is used from several threads at once (the relay keeps BOT_REPORT_CONCURRENCY POSTs in
-flight, bot/outbox/window.py): httpx's client and its connection pool are thread safe, the pool
-keeps as many connections alive as there are POSTs in flight, and the deadline of each POST
-belongs to the thread making it. With BOT_REPORT_BATCH, `deliver_batch` POSTs a JSON array of
-reports and reads which of them the sink took from its answer (bot/outbox/batch.py).
+The POSTs go through bot/outbox/http_wire.py, a lean HTTP/1.1 client over kept-alive sockets
+(httpx costs 20-30 times its CPU per POST: one relay's limit), or through httpx when the
+environment names a proxy for the URL (or a test injects an httpx transport), with the overall
+deadline of bot/outbox/http_deadline.py. The sink is used from several threads at once (the
+relay keeps BOT_REPORT_CONCURRENCY POSTs in flight, bot/outbox/window.py): either client keeps
+one connection per thread alive, and the deadline of each POST belongs to the thread making
+it. With BOT_REPORT_BATCH, `deliver_batch` POSTs a JSON array of reports and reads which of
+them the sink took from its answer (bot/outbox/batch.py).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from bot.jobs.envelope import printable
 from bot.outbox.batch import encode_batch, read_answer
 from bot.outbox.delivery import BatchAnswer, DeliveryFailed, DeliveryRejected
 from bot.outbox.http_deadline import DeadlineTransport
+from bot.outbox.http_wire import WireClient, WireError, WireTimeout
 from bot.outbox.stream import HTTP_GROUP
 from config.settings import Settings
 
@@ -170,13 +174,24 @@ class HttpSink:
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        proxy = env_proxy(url)
+        self._wire = None
+        if transport is None and proxy is None:
+            tls = httpx.create_ssl_context() if urlsplit(url).scheme == "https" else None
+            self._wire = WireClient(
+                self.url,
+                headers,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
+                ssl_context=tls,
+            )
         # As many kept-alive connections as POSTs in flight: none waits for a pool slot.
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._deadline = (
-            DeadlineTransport(proxy=env_proxy(url), limits=limits) if transport is None else None
+            DeadlineTransport(proxy=proxy, limits=limits) if transport is None else None
         )
         self._client = httpx.Client(
-            headers=headers,
+            headers={**headers, "Accept-Encoding": "identity"},
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             transport=transport or self._deadline,
         )
@@ -203,8 +218,7 @@ class HttpSink:
             encode_request(job_id, report_json)
         body = encode_batch([report_json for _, report_json in items])
         limit = MAX_RESPONSE_BYTES + BATCH_ANSWER_BYTES_PER_REPORT * len(items)
-        headers = {"Accept-Encoding": "identity"}  # the answer is read, not only its status
-        status, answer, encoded = self._exchange(body, headers, limit)
+        status, answer, encoded = self._exchange(body, {}, limit)
         judge(status, answer, encoded)
         if encoded and answer.strip():
             raise DeliveryFailed("a content-encoded batch answer (asked for identity)")
@@ -215,6 +229,8 @@ class HttpSink:
     ) -> tuple[int, bytes, bool]:
         """POST `body`; status, answer and whether it is encoded, or the delivery error."""
         deadline = time.monotonic() + self.timeout_s
+        if self._wire is not None:
+            return self._exchange_wire(self._wire, body, headers, deadline, limit)
         try:
             return self._post(body, headers, deadline, limit)
         except httpx.LocalProtocolError:
@@ -230,6 +246,19 @@ class HttpSink:
         except httpx.HTTPError as exc:
             # str(exc) of httpx names the URL at most, never the request headers (the token).
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
+
+    def _exchange_wire(
+        self, wire: WireClient, body: bytes, headers: dict[str, str], deadline: float, limit: int
+    ) -> tuple[int, bytes, bool]:
+        try:
+            answer = wire.post(body, headers, deadline, limit)
+        except WireTimeout as exc:
+            if time.monotonic() >= deadline:
+                raise DeliveryFailed(f"deadline of {self.timeout_s:g}s passed") from None
+            raise DeliveryFailed(f"timeout: {exc}") from None
+        except (WireError, OSError) as exc:  # never quotes the request (its token)
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
+        return answer.status, answer.body, answer.encoded
 
     def _post(
         self, body: bytes, headers: dict[str, str], deadline: float, limit: int
@@ -249,6 +278,8 @@ class HttpSink:
         return self._deadline.backend.until(deadline)
 
     def close(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
         self._client.close()
 
     def __repr__(self) -> str:
