@@ -277,6 +277,8 @@ def _read_head(
             if reused and not conn.buffer:
                 raise StaleConnection("the kept-alive connection was closed")
             raise WireError("the connection closed before the answer's head")
+    if end > MAX_HEAD_BYTES:
+        raise WireError(f"an answer head of more than {MAX_HEAD_BYTES} bytes")
     lines = conn.take(end + 4)[:-4].split(b"\r\n")
     version, status = _status_line(lines[0])
     headers: dict[bytes, bytes] = {}
