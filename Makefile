@@ -37,14 +37,15 @@ test: lint
 mutate: $(INSTALLED)
 	$(BIN)/python -m tests.mutation_probe
 
-# Every benchmark, quick settings (about 9 minutes here; replica_wait_bench: the price of
-# BOT_REDIS_MIN_REPLICAS, docs/failover.md); the fleet table goes into
+# Every benchmark, quick settings (about 10 minutes here; replica_wait_bench: the price of
+# BOT_REDIS_MIN_REPLICAS, docs/failover.md); the fleet and report delivery tables go into
 # docs/benchmarks.md. `make profile`: where a bot job's time goes (py-spy, docs/profiles/).
 bench: $(INSTALLED)
 	$(BIN)/python bench/fleet_bench.py --write
 	$(BIN)/python bench/pool_bench.py
 	$(BIN)/python bench/memory_bench.py --runs 1
 	$(BIN)/python bench/outbox_bench.py
+	$(BIN)/python bench/relay_bench.py --write
 	$(BIN)/python bench/recovery_bench.py --trials 2 --cap 15
 	$(BIN)/python bench/replica_wait_bench.py --jobs 2000
 

@@ -11,7 +11,7 @@ Its consumer name is the worker's instance id, so each relay's pending list is i
 4. every `trim_interval_s`, trim the streams (never past what any group owes).
 
 What is read goes to `Deliveries` (bot/outbox/deliveries.py): up to `concurrency` sink calls
-in flight (BOT_REPORT_CONCURRENCY; the calls run in a thread pool, bot/outbox/window.py), each
+in flight (BOT_REPORT_CONCURRENCY; the calls run in threads of bot/outbox/window.py), each
 settled in the relay's thread once its own call returned, so an entry is acked only after its
 own 2xx. With `report_batch` (BOT_REPORT_BATCH) a call delivers a batch of up to that many
 entries, settled entry by entry from the sink's answer (bot/outbox/batch.py).

@@ -17,9 +17,9 @@ is settled before it returns (the relay as it was, one delivery at a time in its
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 U = TypeVar("U")
@@ -28,6 +28,8 @@ U = TypeVar("U")
 Done = tuple[Any, tuple[Hashable, ...], Any, BaseException | None]
 #: `settle(unit, value, error)`: error is None when the call returned `value`.
 Settle = Callable[[U, Any, BaseException | None], None]
+#: What a thread of the window is handed: the unit, its keys, the call (None: stop).
+Task = tuple[Any, tuple[Hashable, ...], Callable[[], Any]] | None
 
 
 class DeliveryWindow(Generic[U]):
@@ -39,9 +41,10 @@ class DeliveryWindow(Generic[U]):
         self._busy = 0
         self._held: set[Hashable] = set()
         self._done: queue.SimpleQueue[Done] = queue.SimpleQueue()
-        self._pool = (
-            ThreadPoolExecutor(size, thread_name_prefix=f"bot-{name}") if size > 1 else None
-        )
+        self._todo: queue.SimpleQueue[Task] = queue.SimpleQueue()
+        self._name = name
+        self._threads: list[threading.Thread] = []  # started as calls need them, up to size
+        self._inline = size == 1
 
     @property
     def busy(self) -> int:
@@ -55,14 +58,16 @@ class DeliveryWindow(Generic[U]):
     def submit(self, unit: U, keys: Iterable[Hashable], call: Callable[[], Any]) -> None:
         """Run `call` for `unit` in a free slot, waiting for one (and settling) if none is."""
         held = tuple(keys)
-        if self._pool is None:
+        if self._inline:
             self._finish(self._run(unit, held, call))
             return
         while self._busy >= self.size:
             self.reap(None)
         self._busy += 1
         self._held.update(held)
-        self._pool.submit(self._run_and_hand_back, unit, held, call)
+        if len(self._threads) < self._busy:
+            self._start_thread()
+        self._todo.put((unit, held, call))
 
     def reap(self, timeout_s: float | None = 0.0) -> int:
         """Settle every call that has ended; wait up to `timeout_s` (None: for ever) for the
@@ -97,9 +102,21 @@ class DeliveryWindow(Generic[U]):
         return self._busy
 
     def close(self) -> None:
-        """Stop the threads once their calls end (calls not started yet are dropped)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the threads once their calls end (daemon threads: none holds up an exit).
+        A closed window is not used again."""
+        for _ in self._threads:
+            self._todo.put(None)
+        self._threads = []
+
+    def _start_thread(self) -> None:
+        number = len(self._threads) + 1
+        thread = threading.Thread(target=self._work, name=f"bot-{self._name}-{number}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        while (task := self._todo.get()) is not None:
+            self._done.put(self._run(*task))
 
     @staticmethod
     def _run(unit: U, held: tuple[Hashable, ...], call: Callable[[], Any]) -> Done:
@@ -108,14 +125,9 @@ class DeliveryWindow(Generic[U]):
         except BaseException as exc:  # handed back to the relay's thread, which decides
             return unit, held, None, exc
 
-    def _run_and_hand_back(
-        self, unit: U, held: tuple[Hashable, ...], call: Callable[[], Any]
-    ) -> None:
-        self._done.put(self._run(unit, held, call))
-
     def _finish(self, done: Done) -> None:
         unit, held, value, error = done
-        if self._pool is not None:
+        if not self._inline:
             self._busy -= 1
             self._held.difference_update(held)
         self._settle(unit, value, error)
