@@ -66,6 +66,7 @@ class Deliveries:
         clock: Callable[[], float],
         rand: Callable[[], float],
         before_each: Callable[[], None] = lambda: None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         if config.report_batch and not hasattr(sink, "deliver_batch"):
             raise ValueError(f"sink {sink.name!r} takes no batches (BOT_REPORT_BATCH)")
@@ -79,6 +80,7 @@ class Deliveries:
         self._clock = clock
         self._rand = rand
         self._before_each = before_each  # the relay touches what it holds, when due
+        self._stopping = stopping  # no new call once the relay is asked to stop
         #: When each failed entry is due again (0: as soon as the breaker lets it).
         self.retry_at: dict[Key, float] = {}
         self.acks = AckQueue(outbox, self.group, clock)
@@ -118,7 +120,7 @@ class Deliveries:
         """Hand `entries` to the window, one per call or in batches; how many were attempted
         (a report refused by the sink's check counts; one the breaker held back does not)."""
         if not self.config.report_batch:
-            return sum(self._submit([entry]) for entry in entries if not self._refused(entry))
+            return sum(1 if self._refused(entry) else self._submit([entry]) for entry in entries)
         ready = [entry for entry in entries if not self._refused(entry)]
         return len(entries) - len(ready) + sum(self._submit(unit) for unit in self._units(ready))
 
@@ -147,7 +149,10 @@ class Deliveries:
         return False
 
     def _submit(self, unit: Unit) -> int:
-        """Send `unit` through the breaker; how many entries were attempted (0: held back)."""
+        """Send `unit` through the breaker; how many entries were attempted (0: held back, or
+        the relay is stopping: what it read and did not send stays pending, for the next)."""
+        if self._stopping():
+            return 0
         if not self.breaker.allow():
             for entry in unit:  # not attempted: due as soon as the breaker lets it
                 self.retry_at[_key(entry)] = 0.0

@@ -104,6 +104,7 @@ class Relay:
             clock=clock,
             rand=rand,
             before_each=self._maybe_touch,
+            stopping=lambda: self._loop.stopping,
         )
         self._redis_errors = 0  # in a row, for the backoff of the loop
         self._loop = Loop(f"relay-{self.group}", self._round, on_exit=self._flush_at_stop)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import fakeredis
@@ -337,3 +338,25 @@ def test_batch_mode_needs_a_sink_that_takes_batches(
 ) -> None:
     with pytest.raises(ValueError, match="takes no batches"):
         make_relay(client, GatedSink(), Clock(), made, report_batch=10)
+
+
+def test_a_relay_asked_to_stop_starts_no_new_call_and_what_it_read_stays_pending(
+    client: fakeredis.FakeRedis, made: list[Relay]
+) -> None:
+    sink, clock = GatedSink(), Clock()
+    relay = make_relay(client, sink, clock, made, concurrency=2)
+    ids = append(client, "a", "b", "c", "d", "e")
+    passing = threading.Thread(target=relay.run_once)
+    passing.start()  # a and b in flight; c waits for a slot
+    for _ in range(100):
+        if len(sink.started) == 2:
+            break
+        time.sleep(0.01)
+
+    relay.request_stop()
+    sink.release("a", "b", "c")
+    passing.join(5)
+    relay.deliveries.stop(5.0)
+
+    assert sink.started == ["a", "b", "c"]
+    assert pending_jobs(client, ids) == {"d", "e"}
