@@ -186,6 +186,8 @@ class Settings(BaseSettings):
     def _http_scheme(cls, value: str | None) -> str | None:
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
+        if value and not urlsplit(value).hostname:
+            raise ValueError("must name a host (http://host[:port]/path)")
         return value or None
 
     @field_validator("ops_modules", "queues", mode="before")

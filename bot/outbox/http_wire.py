@@ -76,7 +76,12 @@ class Target:
         tls = parts.scheme.lower() == "https"
         host = parts.hostname or ""
         port = parts.port or (443 if tls else 80)
-        shown = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+        try:
+            shown = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError("the report URL's host is not a valid host name") from None
+        if not host:
+            raise ValueError("the report URL names no host")
         if parts.port:
             shown = f"{shown}:{parts.port}"
         path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), _SAFE)

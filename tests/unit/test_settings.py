@@ -229,6 +229,7 @@ def test_report_delivery_defaults_and_values(monkeypatch: pytest.MonkeyPatch) ->
         ("BOT_REPORT_BATCH", "-1", "BOT_REPORT_BATCH: Input should be greater than or equal"),
         ("BOT_REPORT_BATCH", "1001", "BOT_REPORT_BATCH: Input should be less than or equal"),
         ("BOT_REPORT_BATCH", "yes", "BOT_REPORT_BATCH: Input should be a valid integer"),
+        ("BOT_REPORT_URL", "http:///reports", "BOT_REPORT_URL: must name a host"),
     ],
 )
 def test_bad_report_delivery_value_stops_start_up(
