@@ -126,6 +126,21 @@ class _Connection:
         self.buffer += chunk
         return bool(chunk)
 
+    def find(self, marker: bytes, clock: _Deadline, limit: int) -> int:
+        """Where `marker` starts in the buffer, reading until it is there (searching only
+        what is new each time: an answer trickled a byte at a time costs linear time);
+        `WireError` past `limit` bytes or at the connection's end."""
+        start = 0
+        while (end := self.buffer.find(marker, start)) < 0:
+            if len(self.buffer) > limit:
+                raise WireError(f"no end of line within {limit} bytes of the answer")
+            start = max(0, len(self.buffer) - len(marker) + 1)
+            if not self.fill(clock):
+                raise EOFError
+        if end > limit:
+            raise WireError(f"no end of line within {limit} bytes of the answer")
+        return end
+
     def take(self, size: int) -> bytes:
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
@@ -275,15 +290,12 @@ def read_answer(
 def _read_head(
     conn: _Connection, clock: _Deadline, reused: bool
 ) -> tuple[int, dict[bytes, bytes], bool]:
-    while (end := conn.buffer.find(b"\r\n\r\n")) < 0:
-        if len(conn.buffer) > MAX_HEAD_BYTES:
-            raise WireError(f"an answer head of more than {MAX_HEAD_BYTES} bytes")
-        if not conn.fill(clock):
-            if reused and not conn.buffer:
-                raise StaleConnection("the kept-alive connection was closed")
-            raise WireError("the connection closed before the answer's head")
-    if end > MAX_HEAD_BYTES:
-        raise WireError(f"an answer head of more than {MAX_HEAD_BYTES} bytes")
+    try:
+        end = conn.find(b"\r\n\r\n", clock, MAX_HEAD_BYTES)
+    except EOFError:
+        if reused and not conn.buffer:
+            raise StaleConnection("the kept-alive connection was closed") from None
+        raise WireError("the connection closed before the answer's head") from None
     lines = conn.take(end + 4)[:-4].split(b"\r\n")
     version, status = _status_line(lines[0])
     headers: dict[bytes, bytes] = {}
@@ -353,9 +365,10 @@ def _read_chunked(conn: _Connection, clock: _Deadline, limit: int) -> tuple[byte
 
 
 def _read_line(conn: _Connection, clock: _Deadline) -> bytes:
-    while (end := conn.buffer.find(b"\r\n")) < 0:
-        if len(conn.buffer) > MAX_HEAD_BYTES or not conn.fill(clock):
-            raise WireError("a malformed chunked body")
+    try:
+        end = conn.find(b"\r\n", clock, MAX_HEAD_BYTES)
+    except EOFError:
+        raise WireError("the connection closed in the middle of a chunked body") from None
     return conn.take(end + 2)[:-2]
 
 
