@@ -133,12 +133,12 @@ class _Connection:
         start = 0
         while (end := self.buffer.find(marker, start)) < 0:
             if len(self.buffer) > limit:
-                raise WireError(f"no end of line within {limit} bytes of the answer")
+                raise WireError(f"an answer line or head longer than {limit} bytes")
             start = max(0, len(self.buffer) - len(marker) + 1)
             if not self.fill(clock):
                 raise EOFError
         if end > limit:
-            raise WireError(f"no end of line within {limit} bytes of the answer")
+            raise WireError(f"an answer line or head longer than {limit} bytes")
         return end
 
     def take(self, size: int) -> bytes:
