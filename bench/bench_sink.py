@@ -10,8 +10,8 @@ array body). `GET /stats` answers the counts as JSON; `POST /reset` clears them.
 
     python -m bench.bench_sink --port 8123 [--latency-ms 5]
 
-Measured here (2 cores, Python 3.11, no uvloop): about 17,000 requests/s from one keep-alive
-client loop in another process (`bench/relay_bench.py --sink-only`).
+Measured here (2 cores, Python 3.11, no uvloop): about 31,000 requests/s from 16 keep-alive
+connections driven by one client loop in another process (`bench/relay_bench.py --sink-only`).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ OUTBOX_MAX_AGE_S = 24 * 3600.0
 OUTBOX_MAX_LEN = 1_000_000
 #: BOT_REPORT_CONCURRENCY's default and BOT_REPORT_BATCH's upper bound (a batch's answer names
 #: what it accepted: a thousand keys fit the answer size the sink reads).
-REPORT_CONCURRENCY = 16
+REPORT_CONCURRENCY = 32
 REPORT_BATCH_MAX = 1000
 #: BOT_OUTBOX_DEAD_MAX_LEN's default: dead letters are kept (by count only, never by age) until
 #: replayed; beyond this many the oldest are dropped with a warning (tens of MB of reports).
@@ -102,9 +102,10 @@ class Settings(BaseSettings):
     report_url: str | None = None
     report_token: SecretStr | None = None
     #: POSTs each relay keeps in flight to BOT_REPORT_URL (one kept-alive connection each).
-    #: One relay delivers up to 16 / latency reports/s: 3,200/s from a 5 ms sink, 500 jobs/s
-    #: from one relay up to a 30 ms sink (README "How many relays"), while a relay killed
-    #: re-sends at most 16 (+ 50 not yet acked) and a sink sees 16 connections per worker.
+    #: One relay delivers up to 32 / latency reports/s (until its CPU is the limit): a fleet
+    #: at 500 jobs/s is kept up with by one relay even from a 50 ms sink (640/s), ~3,800/s
+    #: were measured from a 5 ms one (16: 2,400/s, docs/benchmarks.md). The price: a relay
+    #: killed re-sends at most 32 (+ 50 not yet acked), a sink sees 32 connections per worker.
     report_concurrency: int = Field(REPORT_CONCURRENCY, ge=1, le=256)
     #: Reports per POST, as one JSON array (0: one report per POST, the report as the body).
     #: Only for a sink that takes arrays; README "Batch delivery" says the answer it gives.

@@ -212,7 +212,7 @@ def test_bad_retention_or_memory_guard_value_stops_start_up(
 
 def test_report_delivery_defaults_and_values(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
-    assert (settings.report_concurrency, settings.report_batch) == (16, 0)  # batches: opt-in
+    assert (settings.report_concurrency, settings.report_batch) == (32, 0)  # batches: opt-in
     monkeypatch.setenv("BOT_REPORT_CONCURRENCY", "1")  # one POST at a time, as before
     monkeypatch.setenv("BOT_REPORT_BATCH", "100")
     settings = load_settings()
