@@ -1,12 +1,13 @@
 """The HTTP sink's own HTTP/1.1 client: POSTs to one URL over kept-alive sockets, one per
 delivery thread, each exchange bounded by one wall-clock deadline.
 
-Why not httpx for this: measured here, httpx spends 250-500 µs of CPU per POST (its Request and
-Response objects, h11's state machine, the pool's locks), which caps one relay at a few
-thousand reports/s whatever the concurrency; the relay's POSTs are all alike (one URL, a few
-headers checked at start, a small JSON body, an answer judged by its status) and one such
-exchange over a socket costs ~15 µs (docs/benchmarks.md, "Report delivery"). httpx stays for
-what this does not do: a proxy named by the environment (bot/outbox/sinks.py picks).
+Why not httpx for this: measured here, httpx spends ~500 µs of CPU per POST (its Request and
+Response objects, h11's state machine, the pool's locks), which capped one relay near 2,000
+reports/s whatever the concurrency; the relay's POSTs are all alike (one URL, a few headers
+checked at start, a small JSON body, an answer judged by its status) and one such exchange
+costs ~13 µs over a bare socket, ~45 µs through this client (docs/benchmarks.md, "Report
+delivery"). httpx stays for what this does not do: a proxy named by the environment
+(bot/outbox/sinks.py picks).
 
 What it does: http:// and https:// (TLS with httpx's own SSL context: the same trust store and
 SSL_CERT_FILE / SSL_CERT_DIR handling), Basic auth from the URL's user:password, one request

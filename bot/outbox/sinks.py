@@ -16,7 +16,7 @@ in its reason. The token is never logged nor put in an error message; sending it
 http:// is warned about once, at start.
 
 The POSTs go through bot/outbox/http_wire.py, a lean HTTP/1.1 client over kept-alive sockets
-(httpx costs 20-30 times its CPU per POST: one relay's limit), or through httpx when the
+(httpx costs ten times its CPU per POST, which was one relay's limit), or through httpx when the
 environment names a proxy for the URL (or a test injects an httpx transport), with the overall
 deadline of bot/outbox/http_deadline.py. The sink is used from several threads at once (the
 relay keeps BOT_REPORT_CONCURRENCY POSTs in flight, bot/outbox/window.py): either client keeps
