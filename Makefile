@@ -39,7 +39,7 @@ mutate: $(INSTALLED)
 
 # Every benchmark, quick settings (about 10 minutes here; replica_wait_bench: the price of
 # BOT_REDIS_MIN_REPLICAS, docs/failover.md; memory_per_job: Redis bytes a finished job holds,
-# README "Redis memory"); the fleet table goes into
+# README "Redis memory"); the fleet and report delivery tables go into
 # docs/benchmarks.md. `make profile`: where a bot job's time goes (py-spy, docs/profiles/).
 bench: $(INSTALLED)
 	$(BIN)/python bench/fleet_bench.py --write
@@ -47,6 +47,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/memory_bench.py --runs 1
 	$(BIN)/python bench/memory_per_job.py --jobs 2000
 	$(BIN)/python bench/outbox_bench.py
+	$(BIN)/python bench/relay_bench.py --write
 	$(BIN)/python bench/recovery_bench.py --trials 2 --cap 15
 	$(BIN)/python bench/replica_wait_bench.py --jobs 2000
 

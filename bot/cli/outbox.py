@@ -35,15 +35,20 @@ def _print_stats(stats: dict[str, Any]) -> None:
         click.echo("groups        (none: no sink reads the outbox yet)")
         return
     click.echo(
-        f"{'group':<16}{'consumers':>10}{'pending':>9}{'unread':>9}{'replay':>8}  oldest    behind"
+        f"{'group':<16}{'consumers':>10}{'owed':>9}{'pending':>9}{'unread':>9}{'replay':>8}"
+        f"{'owed age':>11}  behind"
     )
     for g in stats["groups"]:
         behind = f"yes ({g['behind_bound']})" if g["behind"] else "no"
-        oldest = f"{g['oldest_owed_age_s']:.1f}s"
+        age = f"{g['oldest_owed_age_s']:.1f}s"
         click.echo(
-            f"{printable(g['group']):<16}{g['consumers']:>10}{g['pending']:>9}{g['unread']:>9}"
-            f"{g['replay_owed']:>8}  {oldest:<10}{behind}"
+            f"{printable(g['group']):<16}{g['consumers']:>10}{g['owed']:>9}{g['pending']:>9}"
+            f"{g['unread']:>9}{g['replay_owed']:>8}{age:>11}  {behind}"
         )
+    click.echo(
+        "owed: pending (read, not acked) + unread; owed age: how long the oldest report a "
+        "group owes has waited (bot_outbox_owed_age_seconds): growing, its sink is behind"
+    )
     if stats["behind"]:
         click.echo(
             "behind: owes reports past BOT_OUTBOX_MAX_AGE / BOT_OUTBOX_MAX_LEN, kept until "
@@ -70,8 +75,9 @@ def outbox(ctx: click.Context, as_json: bool) -> None:
 @outbox.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(as_json: bool) -> None:
-    """Length, pending and unread per sink, oldest owed entry's age, whether the sink is
-    behind the retention bounds (the last retention pass's verdict), dead count."""
+    """Length; per sink what it owes (pending + unread) and the age of the oldest report it
+    owes, whether it is behind the retention bounds (the last retention pass's verdict); dead
+    count."""
     box = _outbox()
     data = mark_behind(box.stats(), read_behind(box.client, box.keys))
     if as_json:

@@ -7,12 +7,19 @@ breaker), and `deliver(job_id, report_json)`, which returns on success and raise
 `DeliveryFailed` (transient: retried with backoff, counted by the breaker) or `DeliveryRejected`
 (about that one report: dead-lettered at once, not counted against the sink).
 
+A sink that takes several reports in one request (`BatchSink`, BOT_REPORT_BATCH) also has
+`deliver_batch(items)`: it returns a `BatchAnswer` saying which of the reports it accepted and
+which it refused for good (the others are retried), or raises as `deliver` does about the
+request as a whole.
+
 Apart from bot/outbox/sinks.py (the HTTP sink) so that the relay, and the fleet reading its
 breakers, do not import an HTTP library: only a process that delivers reports needs one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -33,6 +40,28 @@ class Sink(Protocol):
     def deliver(self, job_id: str, report_json: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """What a sink took of one batch: `accepted` job ids (None: all of them), and `rejected`
+    job ids with the sink's reason (dead-lettered at once). Any other report of the batch was
+    not taken this time: it stays pending and is retried with backoff."""
+
+    accepted: frozenset[str] | None = None
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def verdict(self, job_id: str) -> str:
+        """'accepted', 'rejected' or 'retry' for one report of the batch (rejected wins)."""
+        if job_id in self.rejected:
+            return "rejected"
+        if self.accepted is None or job_id in self.accepted:
+            return "accepted"
+        return "retry"
+
+
+class BatchSink(Sink, Protocol):
+    def deliver_batch(self, items: Sequence[tuple[str, str]]) -> BatchAnswer: ...
 
 
 #: The prefix of a sink breaker's name (`sink:http`), in the worker record and

@@ -1,7 +1,12 @@
 """The relay's knobs (`RelayConfig`): delivery bound, backoff, breaker, claim/touch/trim
-intervals, retention bounds, batch sizes; `from_settings` derives them from the BOT_* settings
-(the retention bounds and trim interval are BOT_OUTBOX_MAX_AGE, BOT_OUTBOX_MAX_LEN and
-BOT_OUTBOX_TRIM_INTERVAL, the same the fleet's retention service uses).
+intervals, retention bounds, batch sizes, deliveries in flight; `from_settings` derives them
+from the BOT_* settings (the retention bounds and trim interval are BOT_OUTBOX_MAX_AGE,
+BOT_OUTBOX_MAX_LEN and BOT_OUTBOX_TRIM_INTERVAL, the same the fleet's retention service uses).
+
+`concurrency` (deliveries in flight) and `report_batch` (reports per delivery) stay 1 and 0
+(one at a time, in the relay's thread) unless given: the HTTP relay sets them from
+BOT_REPORT_CONCURRENCY and BOT_REPORT_BATCH (`Relay.from_settings`); a sink that is not thread
+safe, such as the trigger consumer's, keeps the defaults.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class RelayConfig:
     max_len: int = OUTBOX_MAX_LEN
     batch: int = BATCH
     block_ms: int = BLOCK_MS
+    concurrency: int = 1
+    report_batch: int = 0
 
     @classmethod
     def from_settings(

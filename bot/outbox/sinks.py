@@ -10,10 +10,19 @@ The HTTP sink POSTs the report JSON with `Authorization: Bearer <BOT_REPORT_TOKE
 produce (a relay killed between the POST and its XACK). Its answer is judged by status alone:
 2xx is delivered; a 4xx about the report (400, 409, 413, 422, 431 ...) rejects it; anything
 else (a 5xx, a 4xx about the sink itself such as 401 or 404, a transport error, the overall
-deadline: one wall-clock limit on the whole request, `bot.outbox.http_deadline`) is a failed
-attempt. At most `MAX_RESPONSE_BYTES` of a response body are read, streamed, and only to quote
-the start of a rejection in its reason. The token is never logged nor put in an
-error message; sending it over plain http:// is warned about once, at start.
+deadline: one wall-clock limit on the whole request) is a failed attempt. At most
+`MAX_RESPONSE_BYTES` of a response body are read, and only to quote the start of a rejection
+in its reason. The token is never logged nor put in an error message; sending it over plain
+http:// is warned about once, at start.
+
+The POSTs go through bot/outbox/http_wire.py, a lean HTTP/1.1 client over kept-alive sockets
+(httpx costs ten times its CPU per POST, which was one relay's limit), or through httpx when the
+environment names a proxy for the URL (or a test injects an httpx transport), with the overall
+deadline of bot/outbox/http_deadline.py. The sink is used from several threads at once (the
+relay keeps BOT_REPORT_CONCURRENCY POSTs in flight, bot/outbox/window.py): either client keeps
+one connection per thread alive, and the deadline of each POST belongs to the thread making
+it. With BOT_REPORT_BATCH, `deliver_batch` POSTs a JSON array of reports and reads which of
+them the sink took from its answer (bot/outbox/batch.py).
 """
 
 from __future__ import annotations
@@ -23,13 +32,16 @@ import logging
 import re
 import time
 import urllib.request
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from bot.jobs.envelope import printable
-from bot.outbox.delivery import DeliveryFailed, DeliveryRejected
+from bot.outbox.batch import encode_batch, read_answer
+from bot.outbox.delivery import BatchAnswer, DeliveryFailed, DeliveryRejected
 from bot.outbox.http_deadline import DeadlineTransport
+from bot.outbox.http_wire import WireClient, WireError, WireTimeout
 from bot.outbox.stream import HTTP_GROUP
 from config.settings import Settings
 
@@ -42,6 +54,9 @@ READ_TIMEOUT_S = 5.0
 #: At most this much of a response body is read; the rest is never pulled off the socket
 #: (httpcore reads 64 KiB at a time, so the socket may give up to one read more).
 MAX_RESPONSE_BYTES = 64 * 1024
+#: A batch's answer may be longer by this much per report (its `accepted` list names keys of
+#: up to MAX_KEY_CHARS characters, and `rejected` a reason each).
+BATCH_ANSWER_BYTES_PER_REPORT = 2 * 1024
 #: A rejection's reason quotes at most this many characters of the receiver's answer.
 REASON_BODY_CHARS = 200
 #: Longest Idempotency-Key sent. A longer job id is rejected here rather than left to the
@@ -137,6 +152,7 @@ class HttpSink:
         read_timeout_s: float = READ_TIMEOUT_S,
         deadline_s: float | None = None,
         transport: httpx.BaseTransport | None = None,
+        connections: int = 1,
     ) -> None:
         self.name = name
         if token is not None and not _HEADER_VALUE.fullmatch(token):
@@ -158,9 +174,24 @@ class HttpSink:
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._deadline = DeadlineTransport(proxy=env_proxy(url)) if transport is None else None
+        proxy = env_proxy(url)
+        self._wire = None
+        if transport is None and proxy is None:
+            tls = httpx.create_ssl_context() if urlsplit(url).scheme == "https" else None
+            self._wire = WireClient(
+                self.url,
+                headers,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
+                ssl_context=tls,
+            )
+        # As many kept-alive connections as POSTs in flight: none waits for a pool slot.
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._deadline = (
+            DeadlineTransport(proxy=proxy, limits=limits) if transport is None else None
+        )
         self._client = httpx.Client(
-            headers=headers,
+            headers={**headers, "Accept-Encoding": "identity"},
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             transport=transport or self._deadline,
         )
@@ -171,16 +202,37 @@ class HttpSink:
         if not settings.report_url:
             raise ValueError("BOT_REPORT_URL is not set")
         token = settings.report_token.get_secret_value() if settings.report_token else None
-        return cls(settings.report_url, token)
+        return cls(settings.report_url, token, connections=settings.report_concurrency)
 
     def check(self, job_id: str, report_json: str) -> None:
         encode_request(job_id, report_json)
 
     def deliver(self, job_id: str, report_json: str) -> None:
         body = encode_request(job_id, report_json)
+        status, answer, encoded = self._exchange(body, {"Idempotency-Key": job_id})
+        judge(status, answer, encoded)
+
+    def deliver_batch(self, items: Sequence[tuple[str, str]]) -> BatchAnswer:
+        """POST the reports as one JSON array; which of them the 2xx answer accepted."""
+        for job_id, report_json in items:  # the same reports a single POST could carry
+            encode_request(job_id, report_json)
+        body = encode_batch([report_json for _, report_json in items])
+        limit = MAX_RESPONSE_BYTES + BATCH_ANSWER_BYTES_PER_REPORT * len(items)
+        status, answer, encoded = self._exchange(body, {}, limit)
+        judge(status, answer, encoded)
+        if encoded and answer.strip():
+            raise DeliveryFailed("a content-encoded batch answer (asked for identity)")
+        return read_answer(answer)
+
+    def _exchange(
+        self, body: bytes, headers: dict[str, str], limit: int = MAX_RESPONSE_BYTES
+    ) -> tuple[int, bytes, bool]:
+        """POST `body`; status, answer and whether it is encoded, or the delivery error."""
         deadline = time.monotonic() + self.timeout_s
+        if self._wire is not None:
+            return self._exchange_wire(self._wire, body, headers, deadline, limit)
         try:
-            status, answer, encoded = self._post(job_id, body, deadline)
+            return self._post(body, headers, deadline, limit)
         except httpx.LocalProtocolError:
             # h11 refused to write the request (nothing was sent): about this report, the only
             # part not checked at start. Its message may quote headers: not repeated.
@@ -194,19 +246,31 @@ class HttpSink:
         except httpx.HTTPError as exc:
             # str(exc) of httpx names the URL at most, never the request headers (the token).
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
-        judge(status, answer, encoded)
 
-    def _post(self, job_id: str, body: bytes, deadline: float) -> tuple[int, bytes, bool]:
-        """Status, at most MAX_RESPONSE_BYTES of the body, and whether it is content-encoded;
+    def _exchange_wire(
+        self, wire: WireClient, body: bytes, headers: dict[str, str], deadline: float, limit: int
+    ) -> tuple[int, bytes, bool]:
+        try:
+            answer = wire.post(body, headers, deadline, limit)
+        except WireTimeout as exc:
+            if time.monotonic() >= deadline:
+                raise DeliveryFailed(f"deadline of {self.timeout_s:g}s passed") from None
+            raise DeliveryFailed(f"timeout: {exc}") from None
+        except (WireError, OSError) as exc:  # never quotes the request (its token)
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
+        return answer.status, answer.body, answer.encoded
+
+    def _post(
+        self, body: bytes, headers: dict[str, str], deadline: float, limit: int
+    ) -> tuple[int, bytes, bool]:
+        """Status, at most `limit` bytes of the body, and whether it is content-encoded;
         every socket operation ends by `deadline`."""
         with (
             self._until(deadline),
-            self._client.stream(
-                "POST", self.url, content=body, headers={"Idempotency-Key": job_id}
-            ) as response,
+            self._client.stream("POST", self.url, content=body, headers=headers) as response,
         ):
             encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-            return response.status_code, read_capped(response), encoded
+            return response.status_code, read_capped(response, limit), encoded
 
     def _until(self, deadline: float) -> contextlib.AbstractContextManager[None]:
         if self._deadline is None:  # an injected transport (tests): no deadline to clamp to
@@ -214,6 +278,8 @@ class HttpSink:
         return self._deadline.backend.until(deadline)
 
     def close(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
         self._client.close()
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ last retention pass found behind."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -87,3 +88,31 @@ def test_stats_mark_the_groups_behind_the_retention_bounds(
     (billing,) = [line for line in text.splitlines() if line.startswith("billing")]
     assert billing.endswith("yes (length)")
     assert "XGROUP DESTROY bot:outbox <group>" in text
+
+
+def test_stats_show_each_groups_owed_reports_and_the_age_of_the_oldest(
+    client: redis.Redis, env: dict[str, str]
+) -> None:
+    # Given reports written 120 s, 60 s and 1 s ago; "http" has read and acked the first and
+    # holds the second pending; "audit" has read nothing
+    now_ms = int(time.time() * 1000)
+    ids = [f"{now_ms - age * 1000}-0" for age in (120, 60, 1)]
+    for entry_id in ids:
+        client.xadd("bot:outbox", {"job_id": entry_id, "report": "{}"}, id=entry_id)
+    client.xgroup_create("bot:outbox", "http", id="0")
+    client.xgroup_create("bot:outbox", "audit", id="0")
+    client.xreadgroup("http", "r", {"bot:outbox": ">"}, count=2)
+    client.xack("bot:outbox", "http", ids[0])
+
+    text = run_bot(env, "outbox").stdout
+    as_json = json.loads(run_bot(env, "outbox", "--json").stdout)
+
+    # Then each group's line shows what it owes and how long the oldest of it has waited
+    assert "owed age" in text.splitlines()[4]
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[5:7]}
+    assert rows["http"][1:6] == ["1", "2", "1", "1", "0"]  # consumers owed pending unread replay
+    assert rows["audit"][1:6] == ["0", "3", "0", "3", "0"]
+    assert 59 <= float(rows["http"][6].rstrip("s")) < 70
+    assert 119 <= float(rows["audit"][6].rstrip("s")) < 130
+    groups = {g["group"]: g for g in as_json["groups"]}
+    assert 59 <= groups["http"]["oldest_owed_age_s"] < 70

@@ -279,7 +279,8 @@ def test_the_group_holds_trimming_until_it_has_read_and_shows_in_bot_outbox(
     assert trimmed_unread == 0
     assert shown.returncode == 0, shown.stderr
     [line] = [line for line in shown.stdout.splitlines() if line.startswith(TRIGGER_GROUP)]
-    assert line.split()[1:4] == ["0", "0", "3"]  # consumers (none read one yet), pending, unread
+    # consumers (none read one yet), owed, pending, unread
+    assert line.split()[1:5] == ["0", "3", "0", "3"]
     assert trimmed_read == 3 and client.xlen(OUTBOX) == 0
 
 

@@ -208,3 +208,36 @@ def test_bad_retention_or_memory_guard_value_stops_start_up(
     assert expected in str(raised.value)
     assert "\n" not in str(raised.value)
     assert raised.value.code == 2
+
+
+def test_report_delivery_defaults_and_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert (settings.report_concurrency, settings.report_batch) == (32, 0)  # batches: opt-in
+    monkeypatch.setenv("BOT_REPORT_CONCURRENCY", "1")  # one POST at a time, as before
+    monkeypatch.setenv("BOT_REPORT_BATCH", "100")
+    settings = load_settings()
+    assert (settings.report_concurrency, settings.report_batch) == (1, 100)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("BOT_REPORT_CONCURRENCY", "0", "BOT_REPORT_CONCURRENCY: Input should be greater than"),
+        ("BOT_REPORT_CONCURRENCY", "257", "BOT_REPORT_CONCURRENCY: Input should be less than"),
+        ("BOT_REPORT_CONCURRENCY", "many", "BOT_REPORT_CONCURRENCY: Input should be a valid"),
+        ("BOT_REPORT_CONCURRENCY", "2.5", "BOT_REPORT_CONCURRENCY: Input should be a valid"),
+        ("BOT_REPORT_BATCH", "-1", "BOT_REPORT_BATCH: Input should be greater than or equal"),
+        ("BOT_REPORT_BATCH", "1001", "BOT_REPORT_BATCH: Input should be less than or equal"),
+        ("BOT_REPORT_BATCH", "yes", "BOT_REPORT_BATCH: Input should be a valid integer"),
+        ("BOT_REPORT_URL", "http:///reports", "BOT_REPORT_URL: must name a host"),
+    ],
+)
+def test_bad_report_delivery_value_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert expected in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert raised.value.code == 2
