@@ -17,10 +17,10 @@ import pytest
 from bot.base.breaker import BreakerState
 from bot.outbox.delivery import BatchAnswer, DeliveryFailed, DeliveryRejected
 from bot.outbox.relay import Relay
-from bot.outbox.relay_config import RelayConfig
 from bot.outbox.stream import Outbox
 from bot.store.keys import Keys
 from tests.unit.test_outbox_relay import Clock
+from tests.unit.test_outbox_relay import make_relay as make_sequential_test_relay
 
 KEYS = Keys("bot")
 
@@ -112,18 +112,8 @@ def make_relay(
     made: list[Relay],
     **config: object,
 ) -> Relay:
-    values: dict[str, object] = {
-        "max_deliveries": 3,
-        "retry_base_s": 1.0,
-        "retry_max_s": 8.0,
-        "breaker_threshold": 2,
-        "breaker_timeout_s": 30.0,
-        "claim_interval_s": 3600.0,
-        "touch_interval_s": 3600.0,
-        "trim_interval_s": 3600.0,
-    }
-    values.update(config)
-    relay = Relay(client, KEYS, sink, "me", RelayConfig(**values), clock=clock, rand=lambda: 1.0)  # type: ignore[arg-type]
+    """test_outbox_relay's relay (same test settings), closed after the test (`made`)."""
+    relay = make_sequential_test_relay(client, sink, clock, **config)  # type: ignore[arg-type]
     made.append(relay)
     return relay
 
